@@ -1,0 +1,9 @@
+from seg_gan.data.base import IGNORE_INDEX, SegmentationDataModule, SegmentationDataset
+from seg_gan.data.camvid import CamVidDataModule
+from seg_gan.data.cityscapes import CityscapesDataModule
+from seg_gan.data.synthetic import SyntheticCityscapesDataModule
+
+__all__ = [
+    "IGNORE_INDEX", "SegmentationDataModule", "SegmentationDataset", "CamVidDataModule",
+    "CityscapesDataModule", "SyntheticCityscapesDataModule",
+]  # fmt: skip

@@ -1,0 +1,252 @@
+"""What every dataset shares: the item dict, label-id lookup, loaders and the labeled split.
+
+A dataset is a list of `Sample`s (image path, label path or None, name, city). Items are dicts:
+`image` float [3, H, W] ImageNet-normalised, `mask` int64 [H, W] of train ids (ignore_index = void),
+`name` (file stem), `city` (folder; sequence for CamVid).
+"""
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.io import ImageReadMode
+from torchvision.transforms import v2
+
+from seg_gan.data.splits import choose_labeled
+from seg_gan.data.transforms import eval_transform, png_size, read_png, train_transform
+from seg_gan.errors import UserError
+
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Path
+    label: Path | None
+    name: str
+    city: str
+
+
+class SegmentationDataset(Dataset):
+    """Decodes a sample, maps label ids to train ids through `lookup`, applies the joint transform.
+
+    `lookup` is a uint8 table of 256 entries: lookup[label id] = train id or IGNORE_INDEX.
+    `known` marks the label ids the dataset defines; other ids become void and are warned about.
+    """
+
+    def __init__(self, samples: list[Sample], lookup: torch.Tensor, known: torch.Tensor, transform: v2.Transform):
+        self.samples = samples
+        self.lookup = lookup
+        self.known = known
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        image = tv_tensors.Image(read_png(sample.image, ImageReadMode.RGB))  # [3, H, W] uint8
+        if sample.label is None:  # unlabeled image: an all-void mask keeps one item format
+            mask = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.uint8)
+        else:
+            ids = read_png(sample.label, ImageReadMode.GRAY)[0].long()  # [H, W] label ids
+            unknown = int((~self.known[ids]).sum())
+            if unknown:
+                warnings.warn(
+                    f"{sample.label}: {unknown} pixels have label ids outside the dataset's table; "
+                    "they are treated as void (ignored).",
+                    stacklevel=2,
+                )
+            mask = self.lookup[ids]  # [H, W] train ids, uint8
+        image, mask = self.transform(image, tv_tensors.Mask(mask))
+        return {
+            "image": image.as_subclass(torch.Tensor),
+            "mask": mask.as_subclass(torch.Tensor).long(),
+            "name": sample.name,
+            "city": sample.city,
+        }
+
+
+def check_pairs(samples: list[Sample], where: str) -> None:
+    """Fail early, naming the file, on a missing label or an image/label size mismatch."""
+    if not samples:
+        raise UserError(f"{where} holds no images. Expected at least one image in this split.")
+    for sample in samples:
+        if sample.label is None:
+            continue
+        if not sample.label.is_file():
+            raise UserError(f"{sample.image} has no label file: expected {sample.label}.")
+        image_size, label_size = png_size(sample.image), png_size(sample.label)
+        if image_size != label_size:
+            raise UserError(
+                f"{sample.image} is {image_size[0]}x{image_size[1]} but its label {sample.label} "
+                f"is {label_size[0]}x{label_size[1]}; expected the same height x width."
+            )
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """Shared loaders and augmentation; subclasses list the files (`find_samples`) and the classes.
+
+    Subclasses set `root`, `class_names`, `class_colors`, `lookup`, `known`, `default_crop_size`
+    and implement `find_samples`.
+
+    Args:
+        batch_size: training batch size.
+        eval_batch_size: batch size of validation and test.
+        num_workers: DataLoader worker processes.
+        pin_memory: pin host memory for faster GPU copies.
+        persistent_workers: keep workers alive between epochs.
+        crop_size: training crop (height, width); scaled images smaller than it are padded (image 0,
+            mask void). null = the dataset's default (Cityscapes 512x1024, CamVid 352x480).
+        scale_range: random scale factor range applied before cropping.
+        hflip: random horizontal flips in training.
+        color_jitter: brightness/contrast/saturation jitter strength on training images (0 = off).
+        eval_size: (height, width) the images are resized to for validation and test; null keeps the
+            full resolution. Metrics are always computed at the labels' full resolution.
+        labeled_fraction: share of training images whose labels are used, in (0, 1].
+        labeled_list: text file of labeled image names, one per line (overrides labeled_fraction).
+        split_seed: seed of the labeled subset draw.
+    """
+
+    default_crop_size = (512, 1024)
+
+    class_names: list[str]
+    class_colors: list[tuple[int, int, int]]
+    ignore_index = IGNORE_INDEX
+
+    def __init__(
+        self,
+        batch_size: int = 8,
+        eval_batch_size: int = 1,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        crop_size: tuple[int, int] | None = None,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        hflip: bool = True,
+        color_jitter: float = 0.0,
+        eval_size: tuple[int, int] | None = None,
+        labeled_fraction: float = 1.0,
+        labeled_list: str | None = None,
+        split_seed: int = 0,
+    ):
+        super().__init__()
+        crop_size = self.default_crop_size if crop_size is None else crop_size
+        if min(crop_size) <= 0:
+            raise UserError(f"data.crop_size: {list(crop_size)} must be two positive integers (height, width).")
+        if not 0 < scale_range[0] <= scale_range[1]:
+            raise UserError(f"data.scale_range: {list(scale_range)} must be (low, high) with 0 < low <= high.")
+        if eval_size is not None and min(eval_size) <= 0:
+            raise UserError(f"data.eval_size: {list(eval_size)} must be two positive integers or null.")
+        if not 0 < labeled_fraction <= 1:
+            raise UserError(
+                f"data.labeled_fraction: {labeled_fraction} is outside (0, 1]. Expected e.g. 0.125, 0.25, 0.5 or 1.0."
+            )
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.crop_size, self.scale_range = tuple(crop_size), tuple(scale_range)
+        self.hflip, self.color_jitter = hflip, color_jitter
+        self.eval_size = None if eval_size is None else tuple(eval_size)
+        self.labeled_fraction, self.labeled_list, self.split_seed = labeled_fraction, labeled_list, split_seed
+        self.labeled_names: list[str] = []
+        self.unlabeled_samples: list[Sample] = []
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def find_samples(self, split: str) -> list[Sample]:
+        raise NotImplementedError
+
+    def samples(self, split: str) -> list[Sample]:
+        """The split's samples, checked (non-empty, labels present, matching sizes)."""
+        samples = self.find_samples(split)
+        check_pairs(samples, f"split {split!r} of {self.root}")
+        return samples
+
+    def check_crop(self, samples: list[Sample]) -> None:
+        height, width = png_size(samples[0].image)
+        max_h, max_w = height * self.scale_range[1], width * self.scale_range[1]
+        if self.crop_size[0] > max_h or self.crop_size[1] > max_w:
+            raise UserError(
+                f"data.crop_size: {list(self.crop_size)} is larger than the training images even at the largest "
+                f"scale ({height}x{width} x {self.scale_range[1]} = {max_h:.0f}x{max_w:.0f}); expected a crop "
+                "that fits, e.g. a smaller crop_size or a larger scale_range."
+            )
+
+    def dataset(self, samples: list[Sample], train: bool) -> SegmentationDataset:
+        if train:
+            transform = train_transform(
+                self.crop_size, self.scale_range, self.hflip, self.color_jitter, self.ignore_index
+            )
+        else:
+            transform = eval_transform(self.eval_size)
+        return SegmentationDataset(samples, self.lookup, self.known, transform)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            train = self.samples("train")
+            self.check_crop(train)
+            self.labeled_names = choose_labeled(
+                [s.name for s in train], self.labeled_fraction, self.labeled_list, self.split_seed
+            )
+            chosen = set(self.labeled_names)
+            self.train_set = self.dataset([s for s in train if s.name in chosen], train=True)
+            self.unlabeled_samples = [Sample(s.image, None, s.name, s.city) for s in train if s.name not in chosen]
+            self.write_split()
+        if stage in ("fit", "validate"):
+            self.val_set = self.dataset(self.samples("val"), train=False)
+        if stage == "test":
+            self.test_set = self.dataset(self.samples(self.test_split), train=False)
+
+    test_split = "val"
+
+    def write_split(self) -> None:
+        """Keep the labeled names next to the run's outputs, so the run can be reproduced."""
+        trainer = self.trainer
+        if trainer is None or not trainer.is_global_zero or trainer.log_dir is None:
+            return
+        path = Path(trainer.log_dir) / "labeled_split.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(self.labeled_names) + "\n")
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if len(self.train_set) < self.batch_size:
+            raise UserError(
+                f"data.batch_size: {self.batch_size} is larger than the {len(self.train_set)} "
+                "labeled training images; expected a batch size no larger than that."
+            )
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+
+def check_root(root: str | Path, required: list[str], expected: str) -> Path:
+    """The dataset root as a Path; UserError naming what is missing."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise UserError(f"data.root: {str(path)!r} does not exist or is not a folder. Expected {expected}.")
+    missing = [name for name in required if not (path / name).is_dir()]
+    if missing:
+        raise UserError(f"data.root: {str(path)!r} has no {' or '.join(missing)} folder. Expected {expected}.")
+    return path

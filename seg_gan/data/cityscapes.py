@@ -1,0 +1,69 @@
+"""Cityscapes in its official layout, read from `*_gtFine_labelIds.png` through the official table.
+
+root/leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
+root/gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
+"""
+
+from pathlib import Path
+
+import torch
+from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
+
+from seg_gan.data.base import IGNORE_INDEX, Sample, SegmentationDataModule, check_root
+
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
+LAYOUT = (
+    "the official Cityscapes layout: leftImg8bit/<split>/<city>/*_leftImg8bit.png and "
+    "gtFine/<split>/<city>/*_gtFine_labelIds.png"
+)
+
+
+def cityscapes_tables() -> tuple[torch.Tensor, torch.Tensor, list[str], list[tuple[int, int, int]]]:
+    """(lookup, known, class names, colours) from cityscapesscripts' table: 34 ids -> 19 train ids."""
+    lookup = torch.full((256,), IGNORE_INDEX, dtype=torch.uint8)
+    known = torch.zeros(256, dtype=torch.bool)
+    train_classes = {}
+    for label in CITYSCAPES_LABELS:
+        if label.id < 0:  # 'license plate' has id -1: never stored in labelIds PNGs
+            continue
+        known[label.id] = True
+        if 0 <= label.trainId < IGNORE_INDEX:
+            lookup[label.id] = label.trainId
+            train_classes[label.trainId] = (label.name, label.color)
+    ordered = [train_classes[i] for i in range(len(train_classes))]
+    return lookup, known, [name for name, _ in ordered], [color for _, color in ordered]
+
+
+class CityscapesDataModule(SegmentationDataModule):
+    """Cityscapes (19 train classes, void = 255) from the official downloads unpacked into `root`.
+
+    Args:
+        root: folder holding `leftImg8bit/` and `gtFine/` (from leftImg8bit_trainvaltest.zip and
+            gtFine_trainvaltest.zip).
+        test_split: split used by `test`; Cityscapes' public `test` labels are placeholders, so `val`.
+        **kwargs: loader, augmentation and split settings of `SegmentationDataModule`.
+    """
+
+    def __init__(self, root: str, test_split: str = "val", **kwargs):
+        self.root = check_root(root, ["leftImg8bit", "gtFine"], LAYOUT)
+        super().__init__(**kwargs)
+        self.test_split = test_split
+        self.lookup, self.known, self.class_names, self.class_colors = cityscapes_tables()
+
+    def find_samples(self, split: str) -> list[Sample]:
+        folder = self.root / "leftImg8bit" / split
+        samples = []
+        for image in sorted(folder.glob(f"*/*{IMAGE_SUFFIX}")):
+            name = image.name.removesuffix(IMAGE_SUFFIX)
+            city = image.parent.name
+            label = self.root / "gtFine" / split / city / f"{name}{LABEL_SUFFIX}"
+            samples.append(Sample(image, label, name, city))
+        return samples
+
+
+def cityscapes_paths(root: Path, split: str, city: str, name: str) -> tuple[Path, Path]:
+    """Where an image and its labelIds file live in the official layout."""
+    image = root / "leftImg8bit" / split / city / f"{name}{IMAGE_SUFFIX}"
+    label = root / "gtFine" / split / city / f"{name}{LABEL_SUFFIX}"
+    return image, label

@@ -1,0 +1,260 @@
+"""The LightningModule: generator G, discriminator D, the alternating D/G steps and the metrics.
+
+One training batch, in this order (manual optimisation, Lightning's GAN pattern):
+  1. G forward once:               logits [B, C, H, W], probs = softmax(logits)
+  2. D step (skipped if lambda_adv == 0, where D does not exist):
+     real = encode_real(mask), fake = probs.detach(); one batched D forward on [real; fake];
+     void pixels masked out of the loss; only D's parameters change.
+  3. G step: cross-entropy(logits, mask) + lambda_adv * adversarial(D(probs)), with D frozen
+     through `toggled_optimizer`; only G's parameters change.
+  4. Poly learning-rate schedules stepped by hand, once per batch.
+With two optimizers Lightning's `global_step` advances twice per batch; schedules count batches.
+"""
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from seg_gan.errors import UserError
+from seg_gan.losses import (
+    AdversarialLoss,
+    RealEncoding,
+    discriminator_loss,
+    encode_real,
+    generator_adversarial_loss,
+    valid_mask,
+)
+from seg_gan.metrics import iou_table, scores
+from seg_gan.models import build_discriminator, build_generator
+from seg_gan.models.discriminators import DiscriminatorName
+from seg_gan.models.generator import Arch
+
+
+class SegGAN(pl.LightningModule):
+    """Adversarial semantic segmentation (Luc et al. 2016; Hung et al. 2018).
+
+    Args:
+        num_classes: number of classes (linked from the data module).
+        ignore_index: void label, ignored by loss, D and metrics (linked from the data module).
+        class_names: class names for logs and the IoU table (linked from the data module).
+        arch: segmentation-models-pytorch architecture of the generator.
+        encoder_name: smp encoder, e.g. resnet18, resnet50, efficientnet-b0.
+        encoder_weights: null (random init), 'imagenet' (downloaded by smp) or a local state-dict
+            file for the encoder.
+        discriminator: 'fcn' (Hung et al., per pixel), 'image' (one score per image, sees the RGB
+            image), 'patch' (PatchGAN, sees the RGB image), or your own class via class_path; it is
+            built as cls(num_classes, **init_args) and called as D(probs, image).
+        spectral_norm: spectral normalisation in the built-in discriminators.
+        adversarial_loss: 'bce' (non-saturating), 'lsgan' or 'hinge'.
+        real_encoding: D's real samples: 'onehot' ground truth or Luc et al.'s 'scaling'.
+        lambda_adv: weight of the adversarial term in G's loss; 0 = supervised baseline, no D built.
+        g_optimizer: optimizer of G.
+        g_lr: learning rate of G.
+        g_momentum: SGD momentum of G (ignored by Adam/AdamW).
+        g_weight_decay: weight decay of G.
+        d_lr: learning rate of D (Adam).
+        d_betas: Adam betas of D.
+        poly_power: poly schedule lr = base * (1 - batch / total_batches) ** power, for G and D.
+        gradient_clip_val: clip G's and D's gradient norm to this value (null = off).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 19,
+        ignore_index: int = 255,
+        class_names: list[str] | None = None,
+        arch: Arch = "Unet",
+        encoder_name: str = "resnet18",
+        encoder_weights: str | None = None,
+        discriminator: DiscriminatorName | Callable[[int], nn.Module] = "fcn",
+        spectral_norm: bool = False,
+        adversarial_loss: AdversarialLoss = "bce",
+        real_encoding: RealEncoding = "onehot",
+        lambda_adv: float = 0.01,
+        g_optimizer: Literal["sgd", "adam", "adamw"] = "sgd",
+        g_lr: float = 2.5e-4,
+        g_momentum: float = 0.9,
+        g_weight_decay: float = 5e-4,
+        d_lr: float = 1e-4,
+        d_betas: tuple[float, float] = (0.9, 0.99),
+        poly_power: float = 0.9,
+        gradient_clip_val: float | None = None,
+    ):
+        super().__init__()
+        for name, value in [("lambda_adv", lambda_adv), ("g_weight_decay", g_weight_decay), ("poly_power", poly_power)]:
+            if value < 0:
+                raise UserError(f"model.{name}: {value} is below zero; expected a value >= 0.")
+        for name, value in [("g_lr", g_lr), ("d_lr", d_lr), ("num_classes", num_classes)]:
+            if value <= 0:
+                raise UserError(f"model.{name}: {value} must be positive.")
+        if gradient_clip_val is not None and gradient_clip_val <= 0:
+            raise UserError(f"model.gradient_clip_val: {gradient_clip_val} must be positive or null.")
+        self.save_hyperparameters(ignore=[] if isinstance(discriminator, str) else ["discriminator"])
+        self.automatic_optimization = False
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.lambda_adv, self.adversarial_loss, self.real_encoding = lambda_adv, adversarial_loss, real_encoding
+        self.generator = build_generator(arch, encoder_name, encoder_weights, num_classes)
+        # The supervised baseline has no D at all: same code path, nothing built, nothing run.
+        self.discriminator: nn.Module | None = None
+        if lambda_adv > 0:
+            if isinstance(discriminator, str):
+                self.discriminator = build_discriminator(discriminator, num_classes, spectral_norm)
+            else:
+                self.discriminator = discriminator(num_classes)
+        self.val_confmat = self._confmat()
+        self.test_confmat = self._confmat()
+        self.last_result: tuple[str, dict[str, torch.Tensor]] | None = None
+
+    def _confmat(self) -> MulticlassConfusionMatrix:
+        return MulticlassConfusionMatrix(self.num_classes, ignore_index=self.ignore_index, validate_args=False)
+
+    # ---- inference -------------------------------------------------------------------------------
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] normalised image -> [B, C, H, W] logits."""
+        return self.generator(image)
+
+    def predict_logits(self, image: torch.Tensor, out_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Whole-image logits at `out_size` (default: the image size), for any image size.
+
+        smp encoders need sides divisible by their output stride (32): pad, run, crop, resize.
+        """
+        height, width = image.shape[-2:]
+        pad_h, pad_w = (-height) % 32, (-width) % 32
+        logits = self.generator(F.pad(image, (0, pad_w, 0, pad_h)))[..., :height, :width]
+        out_size = tuple(out_size or (height, width))
+        if logits.shape[-2:] != out_size:
+            logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        return logits
+
+    # ---- training --------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        image, target = batch["image"], batch["mask"]  # [B, 3, H, W] float, [B, H, W] int64
+        optimizers = self.optimizers()
+        g_opt, *d_opt = optimizers if isinstance(optimizers, list) else [optimizers]
+        logits = self.generator(image)  # [B, C, H, W], computed once for both steps
+        probs = logits.softmax(1)
+        if self.discriminator is not None:
+            self.discriminator_step(d_opt[0], image, target, probs.detach())
+        self.generator_step(g_opt, image, target, logits, probs)
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            scheduler.step()
+
+    def discriminator_step(self, d_opt, image: torch.Tensor, target: torch.Tensor, fake: torch.Tensor) -> None:
+        with self.toggled_optimizer(d_opt):  # G's parameters need no gradient here
+            real = encode_real(target, fake, self.ignore_index, self.real_encoding)  # [B, C, H, W]
+            d_logits = self.discriminator(torch.cat([real, fake]), torch.cat([image, image]))  # one forward
+            real_logits, fake_logits = d_logits.chunk(2)
+            weight = valid_mask(target, self.ignore_index, real_logits)
+            loss_d = discriminator_loss(real_logits, fake_logits, self.adversarial_loss, weight, weight)
+            d_opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss_d)
+            self._clip(d_opt)
+            d_opt.step()
+        with torch.no_grad():
+            d_real = (torch.sigmoid(real_logits) * weight).sum() / weight.sum().clamp(min=1)
+            d_fake = (torch.sigmoid(fake_logits) * weight).sum() / weight.sum().clamp(min=1)
+        self.log_dict({"train/loss_d": loss_d.detach(), "train/d_real": d_real, "train/d_fake": d_fake})
+
+    def generator_step(self, g_opt, image, target, logits, probs) -> None:
+        with self.toggled_optimizer(g_opt):  # D's parameters are frozen: gradients flow to G only
+            loss_ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+            loss_g = loss_ce
+            if self.discriminator is not None:
+                fake_logits = self.discriminator(probs, image)
+                weight = valid_mask(target, self.ignore_index, fake_logits)
+                loss_adv = generator_adversarial_loss(fake_logits, self.adversarial_loss, weight)
+                loss_g = loss_ce + self.lambda_adv * loss_adv
+                self.log("train/loss_adv", loss_adv.detach())
+            g_opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss_g)
+            self._clip(g_opt)
+            g_opt.step()
+        self.log("train/loss_ce", loss_ce.detach(), prog_bar=True)
+        self.log("train/loss_g", loss_g.detach())
+
+    def _clip(self, optimizer) -> None:
+        if self.hparams.gradient_clip_val is not None:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm"
+            )
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        g_params = self.generator.parameters()
+        if hp.g_optimizer == "sgd":
+            g_opt = torch.optim.SGD(g_params, lr=hp.g_lr, momentum=hp.g_momentum, weight_decay=hp.g_weight_decay)
+        else:
+            g_cls = torch.optim.Adam if hp.g_optimizer == "adam" else torch.optim.AdamW
+            g_opt = g_cls(g_params, lr=hp.g_lr, weight_decay=hp.g_weight_decay)
+        optimizers = [g_opt]
+        if self.discriminator is not None:
+            optimizers.append(torch.optim.Adam(self.discriminator.parameters(), lr=hp.d_lr, betas=tuple(hp.d_betas)))
+        total = self.total_batches()
+
+        def poly(batch: int) -> float:
+            return (1 - min(batch, total) / total) ** hp.poly_power if math.isfinite(total) else 1.0
+
+        return optimizers, [torch.optim.lr_scheduler.LambdaLR(opt, poly) for opt in optimizers]
+
+    def total_batches(self) -> float:
+        """Training batches in the whole run (what the poly schedule counts).
+
+        `trainer.max_steps` counts optimizer steps, two per batch for a GAN, so it is halved.
+        """
+        if self._trainer is None:
+            return math.inf
+        total = self.trainer.estimated_stepping_batches
+        if self.trainer.max_steps > 0:
+            total = min(total, math.ceil(self.trainer.max_steps / (2 if self.discriminator is not None else 1)))
+        return max(1, total)
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self.predict_logits(batch["image"], batch["mask"].shape[-2:])
+        self.val_confmat.update(logits.argmax(1), batch["mask"])
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self.predict_logits(batch["image"], batch["mask"].shape[-2:])
+        self.test_confmat.update(logits.argmax(1), batch["mask"])
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.predict_logits(batch["image"]).argmax(1)  # [B, H, W] train ids
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val", self.val_confmat)
+        if self.trainer.state.fn == "validate":
+            self.print_table()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test", self.test_confmat)
+        self.print_table()
+
+    def on_fit_end(self) -> None:
+        self.print_table()
+
+    def _log_scores(self, split: str, confmat: MulticlassConfusionMatrix) -> None:
+        result = scores(confmat.compute())  # summed over processes under DDP
+        confmat.reset()
+        if self.trainer.sanity_checking:
+            return
+        metrics = {f"{split}/mIoU": result["miou"], f"{split}/pixel_acc": result["pixel_acc"]}
+        for name, iou in zip(self.class_names, result["iou"], strict=True):
+            if not iou.isnan():  # a class absent from labels and predictions has no IoU
+                metrics[f"{split}/IoU/{name}"] = iou
+        self.log_dict({k: v.float() for k, v in metrics.items()})
+        self.last_result = (f"{split}, epoch {self.current_epoch}", result)
+
+    @rank_zero_only
+    def print_table(self) -> None:
+        if self.last_result is not None:
+            where, result = self.last_result
+            print("\n" + iou_table(self.class_names, result, f"Per-class IoU ({where})"), flush=True)
