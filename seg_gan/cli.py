@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from seg_gan.data import SegmentationDataModule
-from seg_gan.errors import UserError, clean_message
+from seg_gan.errors import clean_message, find_user_error
 from seg_gan.module import SegGAN
 
 # The embedded default run: synthetic street scenes, a small fast generator, Adam.
@@ -53,9 +53,13 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_data=True,
             trainer_defaults={"callbacks": [checkpoint_callback()]},
             save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
             auto_configure_optimizers=False,  # SegGAN builds its own two optimizers
             args=args,
         )
-    except UserError as error:
-        print(f"error: {clean_message(error)}", file=sys.stderr)
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        print(f"error: {clean_message(user_error)}", file=sys.stderr)
         sys.exit(2)

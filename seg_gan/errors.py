@@ -4,8 +4,18 @@
 """
 
 
-class UserError(ValueError):
+class UserError(Exception):
     """A bad input: the message names the path or value and what was expected."""
+
+
+def find_user_error(error: BaseException | None) -> "UserError | None":
+    """The UserError behind `error`, following the chain of causes (jsonargparse and Lightning wrap
+    exceptions raised while they instantiate classes)."""
+    while error is not None:
+        if isinstance(error, UserError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def clean_message(error: BaseException) -> str:

@@ -1,0 +1,36 @@
+# seg_gan developer commands; `make help` lists them.
+PYTHON ?= python
+
+.PHONY: help install test test-fast lint format train debug bench-data clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install:  ## install the project and the dev tools (editable)
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test:  ## run the test suite (what CI runs; includes slow tests)
+	$(PYTHON) -m pytest
+
+test-fast:  ## run the tests, skipping the ones marked slow
+	$(PYTHON) -m pytest -m "not slow"
+
+lint:  ## ruff lint and format check
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format:  ## apply ruff formatting and autofixes
+	$(PYTHON) -m ruff format .
+	$(PYTHON) -m ruff check --fix .
+
+train:  ## the embedded default run (synthetic street scenes, CPU ok, a few minutes)
+	$(PYTHON) -m seg_gan fit
+
+debug:  ## a seconds-long smoke run of fit + validation + checkpointing
+	$(PYTHON) -m seg_gan fit --config configs/debug.yaml
+
+bench-data:  ## data-loading benchmark (PNG decode vs full pipeline)
+	$(PYTHON) -m seg_gan.bench data
+
+clean:  ## remove run outputs and caches in this folder
+	rm -rf lightning_logs wandb .pytest_cache .ruff_cache

@@ -1,0 +1,84 @@
+"""Data loading: training-pipeline images/s per worker vs PNG decoding alone, on 2048x1024 frames.
+
+Frames come from `--root` (a Cityscapes-layout folder, e.g. the real dataset) or are drawn into a
+temporary folder (synthetic scenes at 1024x2048). Each row decodes the image and its label file.
+"""
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.io import ImageReadMode
+
+from seg_gan.data.cityscapes import CityscapesDataModule
+from seg_gan.data.synthetic import write_synthetic_cityscapes
+from seg_gan.data.transforms import read_png
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", help="Cityscapes-layout folder to read (default: draw synthetic frames)")
+    parser.add_argument("--frames", type=int, default=16, help="frames to draw when --root is not given")
+    parser.add_argument("--repeats", type=int, default=2, help="passes over the frames per measurement")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the loader row")
+
+
+def rate(function, items: list, repeats: int) -> float:
+    """Items per second of `function` over `items`, after one warm-up call."""
+    function(items[0])
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for item in items:
+            function(item)
+    return repeats * len(items) / (time.perf_counter() - start)
+
+
+def run(options: argparse.Namespace) -> None:
+    torch.set_num_threads(1)  # one worker = one core: the per-worker figure
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(options.root) if options.root else Path(tmp) / "frames"
+        if not options.root:
+            write_synthetic_cityscapes(root, (1024, 2048), {"train": options.frames}, seed=0)
+        data = CityscapesDataModule(str(root), num_workers=0, crop_size=(512, 1024), scale_range=(0.5, 2.0))
+        data.setup("fit")
+        dataset = data.train_set
+        samples = dataset.samples
+        indices = list(range(len(dataset)))
+
+        def decode_pil(sample):
+            np.asarray(Image.open(sample.image).convert("RGB"))
+            np.asarray(Image.open(sample.label))
+
+        def decode_torchvision(sample):
+            read_png(sample.image, ImageReadMode.RGB)
+            read_png(sample.label, ImageReadMode.GRAY)
+
+        rows = [
+            ("PNG decode only, PIL (image + label)", rate(decode_pil, samples, options.repeats)),
+            ("PNG decode only, torchvision.io (image + label)", rate(decode_torchvision, samples, options.repeats)),
+            ("training pipeline, 1 worker (decode + map + scale/crop/flip + normalise)",
+             rate(dataset.__getitem__, indices, options.repeats)),
+        ]  # fmt: skip
+        loader = DataLoader(dataset, batch_size=1, num_workers=options.workers, shuffle=False)
+        start = time.perf_counter()
+        for _ in range(options.repeats):
+            for _batch in loader:
+                pass
+        rows.append(
+            (f"DataLoader, {options.workers} workers", options.repeats * len(dataset) / (time.perf_counter() - start))
+        )
+
+    print(
+        f"\nData loading on {len(samples)} frames of 1024x2048 ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch thread per worker)"
+    )
+    print(f"{'measurement':<78}{'images/s':>10}")
+    for name, value in rows:
+        print(f"{name:<78}{value:>10.2f}")
+    fastest_decode = max(rows[0][1], rows[1][1])
+    print(f"pipeline / fastest decode-only rate: {rows[2][1] / fastest_decode:.2f} (target >= 0.80)")

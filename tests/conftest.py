@@ -1,0 +1,88 @@
+"""Tiny datasets written into tmp dirs: Cityscapes and CamVid layouts, nothing from the network."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seg_gan.data.cityscapes import cityscapes_paths
+
+# Cityscapes label ids of a few train classes: road, building, sky, car
+ROAD, BUILDING, SKY, CAR = 7, 11, 23, 26
+COLORS = {ROAD: (128, 64, 128), BUILDING: (70, 70, 70), SKY: (70, 130, 180), CAR: (0, 0, 142)}
+
+
+def every_id_labels(height: int, width: int, offset: int = 0) -> np.ndarray:
+    """Label ids 0..33 laid out by position, so every official id occurs in each image."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    return ((rows * width + cols + offset) % 34).astype(np.uint8)
+
+
+def striped_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A trivially learnable scene: bands of sky/building/road with a car box; class = colour."""
+    labels = np.full((height, width), ROAD, np.uint8)
+    labels[: height // 3] = SKY
+    labels[height // 3 : height // 2] = BUILDING
+    top, left = rng.integers(height // 2, height - 6), rng.integers(0, width - 12)
+    labels[top : top + 6, left : left + 12] = CAR
+    image = np.zeros((height, width, 3), np.uint8)
+    for label_id, color in COLORS.items():
+        image[labels == label_id] = color
+    noise = rng.normal(0, 8, image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8), labels
+
+
+def write_cityscapes(root: Path, counts: dict[str, int], size=(32, 64), scene="striped", seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, count in counts.items():
+        for index in range(count):
+            city = ["aachen", "bochum"][index % 2]
+            if scene == "striped":
+                image, labels = striped_scene(rng, *size)
+            else:
+                labels = every_id_labels(*size, offset=index)
+                image = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+            image_path, label_path = cityscapes_paths(root, split, city, f"{city}_{index:06d}_000019")
+            image_path.parent.mkdir(parents=True, exist_ok=True)
+            label_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(image_path)
+            Image.fromarray(labels).save(label_path)
+    return root
+
+
+def write_camvid(root: Path, counts: dict[str, int], size=(36, 48), seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, count in counts.items():
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / f"{split}annot").mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            labels = every_id_labels(*size, offset=index) % 12  # 0..10 classes, 11 Unlabelled
+            image = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+            name = f"0016E5_{index:05d}.png"
+            Image.fromarray(image).save(root / split / name)
+            Image.fromarray(labels.astype(np.uint8)).save(root / f"{split}annot" / name)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Anything that falls back to the synthetic cache writes into a tmp dir, never into ~/.cache."""
+    monkeypatch.setenv("SEG_GAN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def cityscapes_root(tmp_path: Path) -> Path:
+    """Striped scenes (learnable), 8 train and 3 val images of 32x64."""
+    return write_cityscapes(tmp_path / "cityscapes", {"train": 8, "val": 3})
+
+
+@pytest.fixture
+def every_id_root(tmp_path: Path) -> Path:
+    """Random images whose labels hold every Cityscapes label id."""
+    return write_cityscapes(tmp_path / "cityscapes_ids", {"train": 4, "val": 2}, scene="every_id")
+
+
+@pytest.fixture
+def camvid_root(tmp_path: Path) -> Path:
+    return write_camvid(tmp_path / "camvid", {"train": 4, "val": 2})

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from seg_gan.losses import discriminator_loss, encode_real, generator_adversarial_loss, valid_mask
+
+
+def test_onehot_encoding_and_void_pixels():
+    target = torch.tensor([[[0, 2], [255, 1]]])  # [1, 2, 2], one void pixel
+    probs = torch.softmax(torch.randn(1, 3, 2, 2), 1)
+    real = encode_real(target, probs, ignore_index=255)
+    assert real.shape == (1, 3, 2, 2)
+    assert torch.equal(real[0, :, 0, 0], torch.tensor([1.0, 0, 0]))
+    assert torch.equal(real[0, :, 0, 1], torch.tensor([0, 0, 1.0]))
+    # void pixel: not a class of its own; it copies G's prediction so D cannot use it as a tell
+    assert torch.allclose(real[0, :, 1, 0], probs[0, :, 1, 0])
+    weight = valid_mask(target, 255, torch.zeros(1, 1, 2, 2))
+    assert weight.flatten().tolist() == [1, 1, 0, 1]
+
+
+def test_scaling_encoding_is_a_distribution_with_true_class_at_least_tau():
+    target = torch.randint(0, 5, (2, 4, 4))
+    probs = torch.softmax(torch.randn(2, 5, 4, 4), 1)
+    real = encode_real(target, probs, 255, encoding="scaling", scaling_tau=0.9)
+    assert torch.allclose(real.sum(1), torch.ones(2, 4, 4), atol=1e-5)
+    true = real.gather(1, target.unsqueeze(1)).squeeze(1)
+    assert (true >= 0.9 - 1e-6).all()
+    assert (true >= probs.gather(1, target.unsqueeze(1)).squeeze(1) - 1e-6).all()
+
+
+@pytest.mark.parametrize("kind", ["bce", "lsgan", "hinge"])
+def test_losses_prefer_the_right_side(kind):
+    ones = torch.ones(2, 1, 4, 4)
+    confident_right = discriminator_loss(3 * ones, -3 * ones, kind, ones, ones)
+    confident_wrong = discriminator_loss(-3 * ones, 3 * ones, kind, ones, ones)
+    assert confident_right < confident_wrong
+    assert generator_adversarial_loss(3 * ones, kind, ones) < generator_adversarial_loss(-3 * ones, kind, ones)
+
+
+def test_masked_pixels_do_not_count():
+    logits = torch.zeros(1, 1, 2, 2)
+    logits[0, 0, 0, 0] = 100.0  # a huge value at a masked pixel
+    weight = torch.ones(1, 1, 2, 2)
+    weight[0, 0, 0, 0] = 0
+    masked = generator_adversarial_loss(logits, "lsgan", weight)
+    assert masked == pytest.approx(1.0)  # (0 - 1)^2 on the three counted pixels
+
+
+def test_bce_is_stable_for_extreme_logits():
+    ones = torch.ones(1, 1, 2, 2)
+    loss = discriminator_loss(1e4 * ones, -1e4 * ones, "bce", ones, ones)
+    assert torch.isfinite(loss) and loss < 1e-6

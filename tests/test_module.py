@@ -1,0 +1,127 @@
+import lightning.pytorch as pl
+import pytest
+import torch
+from torchmetrics.classification import MulticlassJaccardIndex
+
+from seg_gan import SegGAN
+from seg_gan.data import CityscapesDataModule
+from seg_gan.errors import UserError
+from seg_gan.metrics import iou_table, scores
+from seg_gan.models import FCNDiscriminator, ImageDiscriminator, PatchDiscriminator
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> bool:
+    return any(not torch.equal(before[name], after[name]) for name in before)
+
+
+def fit_one_batch(model: SegGAN, root, max_steps: int = 1) -> pl.Trainer:
+    data = CityscapesDataModule(str(root), batch_size=2, num_workers=0, crop_size=(32, 64), scale_range=(1, 1))
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, data)
+    return trainer
+
+
+def test_d_step_changes_only_d_and_g_step_only_g(cityscapes_root, monkeypatch):
+    model = SegGAN(num_classes=19, encoder_name="resnet18", g_lr=1e-2, d_lr=1e-2)
+    g_before, d_before = snapshot(model.generator), snapshot(model.discriminator)
+    after_d_step = {}
+    original_generator_step = SegGAN.generator_step
+
+    def spy(self, *args):  # look at the weights between the D step and the G step
+        after_d_step["g"], after_d_step["d"] = snapshot(self.generator), snapshot(self.discriminator)
+        original_generator_step(self, *args)
+
+    monkeypatch.setattr(SegGAN, "generator_step", spy)
+    fit_one_batch(model, cityscapes_root)
+    # after the D step: D moved, G did not
+    assert changed(d_before, after_d_step["d"]) and not changed(g_before, after_d_step["g"])
+    # after the G step: G moved, D did not move again
+    assert changed(after_d_step["g"], snapshot(model.generator))
+    assert not changed(after_d_step["d"], snapshot(model.discriminator))
+    # every parameter is trainable again once the step is over (toggle restored)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_lambda_adv_zero_never_builds_or_runs_a_discriminator(cityscapes_root, monkeypatch):
+    built = []
+    monkeypatch.setattr(FCNDiscriminator, "__init__", lambda *a, **k: built.append(1) or None)
+    model = SegGAN(num_classes=19, lambda_adv=0.0)
+    assert model.discriminator is None and not built
+    trainer = fit_one_batch(model, cityscapes_root, max_steps=2)
+    assert len(trainer.optimizers) == 1
+    assert trainer.global_step == 2  # one optimizer step per batch
+
+
+@pytest.mark.parametrize(
+    "cls, out",
+    [(FCNDiscriminator, (2, 1, 64, 96)), (ImageDiscriminator, (2, 1, 1, 1)), (PatchDiscriminator, (2, 1, 6, 10))],
+)
+def test_discriminator_output_shapes(cls, out):
+    d = cls(5)
+    logits = d(torch.softmax(torch.randn(2, 5, 64, 96), 1), torch.randn(2, 3, 64, 96))
+    assert logits.shape == out
+
+
+def test_predict_logits_handles_any_image_size():
+    model = SegGAN(num_classes=4, lambda_adv=0.0).eval()
+    with torch.no_grad():
+        assert model.predict_logits(torch.randn(1, 3, 45, 70)).shape == (1, 4, 45, 70)
+        assert model.predict_logits(torch.randn(1, 3, 45, 70), (90, 140)).shape == (1, 4, 90, 140)
+
+
+def test_scores_agree_with_torchmetrics_jaccard():
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 6, (4, 20, 20), generator=gen)
+    target[:, :2] = 255
+    preds = torch.randint(0, 7, (4, 20, 20), generator=gen)  # class 7 never occurs at all
+    confmat = torch.zeros(8, 8, dtype=torch.long)
+    valid = target != 255
+    confmat.index_put_((target[valid], preds[valid]), torch.ones(int(valid.sum()), dtype=torch.long), accumulate=True)
+    result = scores(confmat)
+    reference = MulticlassJaccardIndex(8, ignore_index=255, average="macro")(preds, target)
+    assert float(result["miou"]) == pytest.approx(float(reference), abs=1e-6)
+    assert torch.isnan(result["iou"][7]) and not torch.isnan(result["iou"][6])  # 6: predicted only -> IoU 0
+    assert result["iou"][6] == 0
+    assert float(result["pixel_acc"]) == pytest.approx(float((preds == target)[valid].float().mean()))
+    table = iou_table([f"c{i}" for i in range(8)], result, "t")
+    assert f"mIoU {float(reference):.4f}" in table
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"lambda_adv": -0.1}, "lambda_adv"), ({"g_lr": 0}, "g_lr"), ({"encoder_name": "resnet19"}, "encoder_name")],
+)
+def test_bad_values_name_the_parameter(kwargs, name):
+    with pytest.raises(UserError, match=name):
+        SegGAN(num_classes=4, **kwargs)
+
+
+def test_local_encoder_weights(tmp_path):
+    source = SegGAN(num_classes=3, lambda_adv=0.0)
+    path = tmp_path / "encoder.pth"
+    torch.save(source.generator.encoder.state_dict(), path)
+    loaded = SegGAN(num_classes=3, lambda_adv=0.0, encoder_weights=str(path))
+    for (name, a), (_, b) in zip(
+        source.generator.encoder.state_dict().items(), loaded.generator.encoder.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    # a whole-model state dict with "encoder." prefixes works too
+    torch.save({"state_dict": source.generator.state_dict()}, path)
+    SegGAN(num_classes=3, lambda_adv=0.0, encoder_weights=str(path))
+    # weights of another encoder fail clearly
+    torch.save(SegGAN(num_classes=3, lambda_adv=0.0, encoder_name="resnet34").generator.encoder.state_dict(), path)
+    with pytest.raises(UserError, match="does not fit the encoder.*unexpected keys"):
+        SegGAN(num_classes=3, lambda_adv=0.0, encoder_weights=str(path))
+    with pytest.raises(UserError, match="is not a file"):
+        SegGAN(num_classes=3, lambda_adv=0.0, encoder_weights=str(tmp_path / "nope.pth"))
