@@ -45,8 +45,7 @@ def run(options: argparse.Namespace) -> None:
         if not options.root:
             write_synthetic_cityscapes(root, (1024, 2048), {"train": options.frames}, seed=0)
         data = CityscapesDataModule(str(root), num_workers=0, crop_size=(512, 1024), scale_range=(0.5, 2.0))
-        data.setup("fit")
-        dataset = data.train_set
+        dataset = data.dataset(data.samples("train"), train=True)
         samples = dataset.samples
         indices = list(range(len(dataset)))
 

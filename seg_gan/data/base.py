@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
@@ -34,11 +35,11 @@ class Sample:
 class SegmentationDataset(Dataset):
     """Decodes a sample, maps label ids to train ids through `lookup`, applies the joint transform.
 
-    `lookup` is a uint8 table of 256 entries: lookup[label id] = train id or IGNORE_INDEX.
-    `known` marks the label ids the dataset defines; other ids become void and are warned about.
+    `lookup` is a uint8 numpy table of 256 entries: lookup[label id] = train id or IGNORE_INDEX.
+    `known` (bool numpy, 256) marks the ids the dataset defines; others become void, with a warning.
     """
 
-    def __init__(self, samples: list[Sample], lookup: torch.Tensor, known: torch.Tensor, transform: v2.Transform):
+    def __init__(self, samples: list[Sample], lookup: np.ndarray, known: np.ndarray, transform: v2.Transform):
         self.samples = samples
         self.lookup = lookup
         self.known = known
@@ -53,15 +54,15 @@ class SegmentationDataset(Dataset):
         if sample.label is None:  # unlabeled image: an all-void mask keeps one item format
             mask = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.uint8)
         else:
-            ids = read_png(sample.label, ImageReadMode.GRAY)[0].long()  # [H, W] label ids
-            unknown = int((~self.known[ids]).sum())
+            ids = read_png(sample.label, ImageReadMode.GRAY)[0].numpy()  # [H, W] uint8 label ids
+            unknown = int(np.bincount(ids.ravel(), minlength=256)[~self.known].sum())
             if unknown:
                 warnings.warn(
                     f"{sample.label}: {unknown} pixels have label ids outside the dataset's table; "
                     "they are treated as void (ignored).",
                     stacklevel=2,
                 )
-            mask = self.lookup[ids]  # [H, W] train ids, uint8
+            mask = torch.from_numpy(self.lookup[ids])  # [H, W] uint8 train ids
         image, mask = self.transform(image, tv_tensors.Mask(mask))
         return {
             "image": image.as_subclass(torch.Tensor),

@@ -3,7 +3,7 @@
 480x360 PNGs; annotations hold 0-10 for the 11 classes below and 11 for Unlabelled (void).
 """
 
-import torch
+import numpy as np
 
 from seg_gan.data.base import IGNORE_INDEX, Sample, SegmentationDataModule, check_root
 
@@ -34,9 +34,9 @@ class CamVidDataModule(SegmentationDataModule):
         self.root = check_root(root, ["train", "trainannot", "val", "valannot"], LAYOUT)
         super().__init__(**kwargs)
         self.test_split = test_split
-        self.lookup = torch.full((256,), IGNORE_INDEX, dtype=torch.uint8)
-        self.lookup[: len(CAMVID_CLASSES)] = torch.arange(len(CAMVID_CLASSES), dtype=torch.uint8)
-        self.known = torch.zeros(256, dtype=torch.bool)
+        self.lookup = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        self.lookup[: len(CAMVID_CLASSES)] = np.arange(len(CAMVID_CLASSES))
+        self.known = np.zeros(256, dtype=bool)
         self.known[: UNLABELLED + 1] = True
 
     def find_samples(self, split: str) -> list[Sample]:

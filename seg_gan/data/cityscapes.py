@@ -6,7 +6,7 @@ root/gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
 
 from pathlib import Path
 
-import torch
+import numpy as np
 from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 
 from seg_gan.data.base import IGNORE_INDEX, Sample, SegmentationDataModule, check_root
@@ -19,10 +19,10 @@ LAYOUT = (
 )
 
 
-def cityscapes_tables() -> tuple[torch.Tensor, torch.Tensor, list[str], list[tuple[int, int, int]]]:
+def cityscapes_tables() -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, int, int]]]:
     """(lookup, known, class names, colours) from cityscapesscripts' table: 34 ids -> 19 train ids."""
-    lookup = torch.full((256,), IGNORE_INDEX, dtype=torch.uint8)
-    known = torch.zeros(256, dtype=torch.bool)
+    lookup = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    known = np.zeros(256, dtype=bool)
     train_classes = {}
     for label in CITYSCAPES_LABELS:
         if label.id < 0:  # 'license plate' has id -1: never stored in labelIds PNGs

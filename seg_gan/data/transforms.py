@@ -38,21 +38,40 @@ def read_png(path: Path, mode: ImageReadMode) -> torch.Tensor:
         raise UserError(f"{path} could not be decoded as PNG ({error}); the file may be truncated.") from None
 
 
-class RandomScale(v2.Transform):
-    """Resize image and mask together by one random factor from `scale_range` (aspect kept)."""
+class RandomScaleCrop(v2.Transform):
+    """Random scale then random crop of image and mask together, computed as one resized crop.
 
-    def __init__(self, scale_range: tuple[float, float]):
+    Equivalent to resizing the whole image by a factor from `scale_range` and cutting a `crop_size`
+    window (padding image `0` / mask `ignore_index` where the scaled image is smaller), but only the
+    source region under the window is resized: at scale 2 on a 1024x2048 frame that is 4x less work.
+    """
+
+    def __init__(self, crop_size: tuple[int, int], scale_range: tuple[float, float], ignore_index: int):
         super().__init__()
-        self.scale_range = scale_range
+        self.crop_size, self.scale_range, self.ignore_index = tuple(crop_size), scale_range, ignore_index
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         height, width = TF.get_size(next(x for x in flat_inputs if isinstance(x, tv_tensors.Image)))
         low, high = self.scale_range
         scale = low + (high - low) * torch.rand(()).item()
-        return {"size": [max(1, round(height * scale)), max(1, round(width * scale))]}
+        params: dict[str, Any] = {"source": [], "size": [], "padding": [0, 0, 0, 0]}  # padding: l, t, r, b
+        for side, crop, pad_first, pad_last in [(height, self.crop_size[0], 1, 3), (width, self.crop_size[1], 0, 2)]:
+            scaled = max(1, round(side * scale))
+            window = min(crop, scaled)  # the part of the crop covered by the image
+            start = int(torch.randint(0, scaled - window + 1, ()).item())  # window start, scaled coords
+            params["source"].append((round(start / scale), max(1, round(window / scale))))
+            params["size"].append(window)
+            offset = int(torch.randint(0, crop - window + 1, ()).item())  # where the image sits if padded
+            params["padding"][pad_first], params["padding"][pad_last] = offset, crop - window - offset
+        return params
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return self._call_kernel(TF.resize, inpt, params["size"], antialias=True)
+        (top, height), (left, width) = params["source"]
+        out = self._call_kernel(TF.resized_crop, inpt, top, left, height, width, params["size"], antialias=True)
+        if any(params["padding"]):
+            fill = self.ignore_index if isinstance(inpt, tv_tensors.Mask) else 0
+            out = self._call_kernel(TF.pad, out, params["padding"], fill=fill)
+        return out
 
 
 def train_transform(
@@ -63,10 +82,7 @@ def train_transform(
     ignore_index: int,
 ) -> v2.Compose:
     """Random scale, random crop (padding image 0 and mask `ignore_index`), flip, jitter, normalise."""
-    steps: list[v2.Transform] = [
-        RandomScale(scale_range),
-        v2.RandomCrop(crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}),
-    ]
+    steps: list[v2.Transform] = [RandomScaleCrop(crop_size, scale_range, ignore_index)]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     if color_jitter > 0:  # photometric: touches tv_tensors.Image only
@@ -92,8 +108,20 @@ class _ResizeImageOnly(v2.Transform):
         return TF.resize(inpt, self.size, antialias=True)
 
 
+class ToNormalizedFloat(v2.Transform):
+    """uint8 image -> float32 ImageNet-normalised, in one fused pass ((x - 255 mean) / (255 std));
+    masks pass through."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self):
+        super().__init__()
+        self.mean = torch.tensor(IMAGENET_MEAN).mul(255).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).mul(255).view(3, 1, 1)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return tv_tensors.wrap(inpt.float().sub_(self.mean).div_(self.std), like=inpt)
+
+
 def _to_float() -> list[v2.Transform]:
-    return [
-        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ]
+    return [ToNormalizedFloat()]
