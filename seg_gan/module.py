@@ -255,6 +255,8 @@ class SegGAN(pl.LightningModule):
 
     @rank_zero_only
     def print_table(self) -> None:
-        if self.last_result is not None:
+        if self.last_result is None:
+            print("\nNo validation ran, so there is no per-class IoU table (see trainer.check_val_every_n_epoch).")
+        else:
             where, result = self.last_result
             print("\n" + iou_table(self.class_names, result, f"Per-class IoU ({where})"), flush=True)
