@@ -8,6 +8,10 @@ One training batch, in this order (manual optimisation, Lightning's GAN pattern)
   3. G step: cross-entropy(logits, mask) + lambda_adv * adversarial(D(probs)), with D frozen
      through `toggled_optimizer`; only G's parameters change.
   4. Poly learning-rate schedules stepped by hand, once per batch.
+Semi-supervised (Hung et al. 2018), when the batch also holds unlabeled images (data.unlabeled_stream):
+  G also runs on the unlabeled images; D's fake batch includes those predictions; G gets
+  lambda_semi_adv x adversarial loss on them, and from batch `semi_start` on lambda_semi x
+  cross-entropy against its own argmax where D's confidence sigmoid(D) > mask_threshold.
 With two optimizers Lightning's `global_step` advances twice per batch; schedules count batches.
 """
 
@@ -61,6 +65,10 @@ class SegGAN(pl.LightningModule):
         g_weight_decay: weight decay of G.
         d_lr: learning rate of D (Adam).
         d_betas: Adam betas of D.
+        lambda_semi_adv: weight of the adversarial loss on unlabeled images (semi-supervised).
+        lambda_semi: weight of the self-training loss on unlabeled images (semi-supervised).
+        mask_threshold: D confidence above which an unlabeled pixel's own argmax is a target.
+        semi_start: training batch (not optimizer step) from which the self-training loss is on.
         poly_power: poly schedule lr = base * (1 - batch / total_batches) ** power, for G and D.
         gradient_clip_val: clip G's and D's gradient norm to this value (null = off).
     """
@@ -84,16 +92,30 @@ class SegGAN(pl.LightningModule):
         g_weight_decay: float = 5e-4,
         d_lr: float = 1e-4,
         d_betas: tuple[float, float] = (0.9, 0.99),
+        lambda_semi_adv: float = 0.001,
+        lambda_semi: float = 0.1,
+        mask_threshold: float = 0.2,
+        semi_start: int = 5000,
         poly_power: float = 0.9,
         gradient_clip_val: float | None = None,
     ):
         super().__init__()
-        for name, value in [("lambda_adv", lambda_adv), ("g_weight_decay", g_weight_decay), ("poly_power", poly_power)]:
+        non_negative = {
+            "lambda_adv": lambda_adv,
+            "lambda_semi_adv": lambda_semi_adv,
+            "lambda_semi": lambda_semi,
+            "semi_start": semi_start,
+            "g_weight_decay": g_weight_decay,
+            "poly_power": poly_power,
+        }
+        for name, value in non_negative.items():
             if value < 0:
                 raise UserError(f"model.{name}: {value} is below zero; expected a value >= 0.")
         for name, value in [("g_lr", g_lr), ("d_lr", d_lr), ("num_classes", num_classes)]:
             if value <= 0:
                 raise UserError(f"model.{name}: {value} must be positive.")
+        if not 0 <= mask_threshold <= 1:
+            raise UserError(f"model.mask_threshold: {mask_threshold} is outside [0, 1]; expected a D confidence.")
         if gradient_clip_val is not None and gradient_clip_val <= 0:
             raise UserError(f"model.gradient_clip_val: {gradient_clip_val} must be positive or null.")
         self.save_hyperparameters(ignore=[] if isinstance(discriminator, str) else ["discriminator"])
@@ -136,35 +158,51 @@ class SegGAN(pl.LightningModule):
 
     # ---- training --------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        image, target = batch["image"], batch["mask"]  # [B, 3, H, W] float, [B, H, W] int64
+        # a plain batch, or {"labeled": batch, "unlabeled": batch} with the unlabeled stream
+        labeled, unlabeled = (batch["labeled"], batch["unlabeled"]) if "labeled" in batch else (batch, None)
+        if self.discriminator is None:
+            unlabeled = None  # the semi-supervised losses need D
+        image, target = labeled["image"], labeled["mask"]  # [B, 3, H, W] float, [B, H, W] int64
         optimizers = self.optimizers()
         g_opt, *d_opt = optimizers if isinstance(optimizers, list) else [optimizers]
         logits = self.generator(image)  # [B, C, H, W], computed once for both steps
         probs = logits.softmax(1)
+        u_image = u_logits = u_probs = None
+        if unlabeled is not None:
+            u_image = unlabeled["image"]  # [Bu, 3, H, W]
+            u_logits = self.generator(u_image)  # [Bu, C, H, W]
+            u_probs = u_logits.softmax(1)
         if self.discriminator is not None:
-            self.discriminator_step(d_opt[0], image, target, probs.detach())
-        self.generator_step(g_opt, image, target, logits, probs)
+            u_fake = None if u_probs is None else u_probs.detach()
+            self.discriminator_step(d_opt[0], image, target, probs.detach(), u_image, u_fake)
+        self.generator_step(g_opt, image, target, logits, probs, u_image, u_logits, u_probs)
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             scheduler.step()
 
-    def discriminator_step(self, d_opt, image: torch.Tensor, target: torch.Tensor, fake: torch.Tensor) -> None:
+    def discriminator_step(self, d_opt, image, target, fake, u_image=None, u_fake=None) -> None:
+        """real = encoded labels; fake = G's labeled predictions (+ unlabeled ones), all detached."""
         with self.toggled_optimizer(d_opt):  # G's parameters need no gradient here
             real = encode_real(target, fake, self.ignore_index, self.real_encoding)  # [B, C, H, W]
-            d_logits = self.discriminator(torch.cat([real, fake]), torch.cat([image, image]))  # one forward
-            real_logits, fake_logits = d_logits.chunk(2)
-            weight = valid_mask(target, self.ignore_index, real_logits)
-            loss_d = discriminator_loss(real_logits, fake_logits, self.adversarial_loss, weight, weight)
+            maps, images = [real, fake], [image, image]
+            if u_fake is not None:
+                maps.append(u_fake)
+                images.append(u_image)
+            d_logits = self.discriminator(torch.cat(maps), torch.cat(images))  # one forward: [2B + Bu, 1, ...]
+            real_logits, fake_logits = d_logits[: len(image)], d_logits[len(image) :]
+            weight = valid_mask(target, self.ignore_index, real_logits)  # void pixels of the labeled images
+            fake_weight = torch.cat([weight, torch.ones_like(fake_logits[len(image) :])])
+            loss_d = discriminator_loss(real_logits, fake_logits, self.adversarial_loss, weight, fake_weight)
             d_opt.zero_grad(set_to_none=True)
             self.manual_backward(loss_d)
             self._clip(d_opt)
             d_opt.step()
         with torch.no_grad():
             d_real = (torch.sigmoid(real_logits) * weight).sum() / weight.sum().clamp(min=1)
-            d_fake = (torch.sigmoid(fake_logits) * weight).sum() / weight.sum().clamp(min=1)
+            d_fake = (torch.sigmoid(fake_logits) * fake_weight).sum() / fake_weight.sum().clamp(min=1)
         self.log_dict({"train/loss_d": loss_d.detach(), "train/d_real": d_real, "train/d_fake": d_fake})
 
-    def generator_step(self, g_opt, image, target, logits, probs) -> None:
+    def generator_step(self, g_opt, image, target, logits, probs, u_image=None, u_logits=None, u_probs=None):
         with self.toggled_optimizer(g_opt):  # D's parameters are frozen: gradients flow to G only
             loss_ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index)
             loss_g = loss_ce
@@ -172,14 +210,41 @@ class SegGAN(pl.LightningModule):
                 fake_logits = self.discriminator(probs, image)
                 weight = valid_mask(target, self.ignore_index, fake_logits)
                 loss_adv = generator_adversarial_loss(fake_logits, self.adversarial_loss, weight)
-                loss_g = loss_ce + self.lambda_adv * loss_adv
+                loss_g = loss_g + self.lambda_adv * loss_adv
                 self.log("train/loss_adv", loss_adv.detach())
+            if u_logits is not None:
+                loss_g = loss_g + self.semi_supervised_loss(u_image, u_logits, u_probs)
             g_opt.zero_grad(set_to_none=True)
             self.manual_backward(loss_g)
             self._clip(g_opt)
             g_opt.step()
         self.log("train/loss_ce", loss_ce.detach(), prog_bar=True)
         self.log("train/loss_g", loss_g.detach())
+
+    def semi_supervised_loss(self, u_image, u_logits, u_probs) -> torch.Tensor:
+        """Hung et al. 2018 on unlabeled images: adversarial loss + self-training where D is confident."""
+        hp = self.hparams
+        u_d = self.discriminator(u_probs, u_image)  # [Bu, 1, H, W] (or [Bu, 1, 1, 1] for an image D)
+        loss_semi_adv = generator_adversarial_loss(u_d, self.adversarial_loss, torch.ones_like(u_d))
+        with torch.no_grad():
+            confident = torch.sigmoid(u_d) > hp.mask_threshold  # D says "looks like ground truth"
+            if confident.shape[-2:] != u_logits.shape[-2:]:  # patch/image D: spread over the pixels
+                confident = F.interpolate(confident.float(), size=u_logits.shape[-2:], mode="nearest").bool()
+            confident = confident[:, 0]  # [Bu, H, W]
+            pseudo = torch.where(confident, u_logits.argmax(1), self.ignore_index)  # [Bu, H, W]
+        batches_done = self.trainer.fit_loop.epoch_loop.total_batch_idx  # batches, not optimizer steps
+        if batches_done >= hp.semi_start and confident.any():
+            loss_semi = F.cross_entropy(u_logits, pseudo, ignore_index=self.ignore_index)
+        else:
+            loss_semi = u_logits.new_zeros(())
+        self.log_dict(
+            {
+                "train/loss_semi_adv": loss_semi_adv.detach(),
+                "train/loss_semi": loss_semi.detach(),
+                "train/semi_mask_ratio": confident.float().mean(),
+            }
+        )
+        return hp.lambda_semi_adv * loss_semi_adv + hp.lambda_semi * loss_semi
 
     def _clip(self, optimizer) -> None:
         if self.hparams.gradient_clip_val is not None:

@@ -82,6 +82,42 @@ def test_supervised_baseline_and_custom_discriminator_from_the_cli(cityscapes_ro
     assert state["state_dict"]["discriminator.net.0.weight"].shape == (3, 19, 3, 3)
 
 
+def test_semi_supervised_fit_from_the_cli(cityscapes_root, tmp_path):
+    out = tmp_path / "semi"
+    main(
+        [
+            "fit",
+            *tiny_args(
+                cityscapes_root,
+                out,
+                "--trainer.max_steps",
+                "4",
+                "--data.labeled_fraction",
+                "0.5",
+                "--data.unlabeled_stream",
+                "true",
+                "--data.batch_size",
+                "2",
+                "--model.semi_start",
+                "1",
+            ),
+        ]
+    )
+    rows = read_metrics(out)
+    semi = [float(r["train/loss_semi"]) for r in rows if r.get("train/loss_semi")]
+    assert len(semi) == 2 and semi[0] == 0  # two batches (4 optimizer steps); self-training starts at batch 1
+    assert any(r.get("train/semi_mask_ratio") for r in rows) and any(r.get("train/loss_semi_adv") for r in rows)
+    assert len(next(out.rglob("labeled_split.txt")).read_text().split()) == 4
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "class_path: seg_gan.data." in capsys.readouterr().out
+
+
 def test_default_run_is_configs_synthetic_yaml(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--print_config"])

@@ -1,3 +1,5 @@
+import csv
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -18,12 +20,15 @@ def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> 
     return any(not torch.equal(before[name], after[name]) for name in before)
 
 
-def fit_one_batch(model: SegGAN, root, max_steps: int = 1) -> pl.Trainer:
-    data = CityscapesDataModule(str(root), batch_size=2, num_workers=0, crop_size=(32, 64), scale_range=(1, 1))
+def fit_one_batch(model: SegGAN, root, max_steps: int = 1, logger=False, **data_args) -> pl.Trainer:
+    data = CityscapesDataModule(
+        str(root), batch_size=2, num_workers=0, crop_size=(32, 64), scale_range=(1, 1), **data_args
+    )
     trainer = pl.Trainer(
         max_steps=max_steps,
         limit_val_batches=0,
-        logger=False,
+        logger=logger,
+        log_every_n_steps=1,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -32,8 +37,12 @@ def fit_one_batch(model: SegGAN, root, max_steps: int = 1) -> pl.Trainer:
     return trainer
 
 
-def test_d_step_changes_only_d_and_g_step_only_g(cityscapes_root, monkeypatch):
-    model = SegGAN(num_classes=19, encoder_name="resnet18", g_lr=1e-2, d_lr=1e-2)
+SEMI = {"labeled_fraction": 0.5, "unlabeled_stream": True}
+
+
+@pytest.mark.parametrize("data_args", [{}, SEMI], ids=["supervised-batch", "with-unlabeled-batch"])
+def test_d_step_changes_only_d_and_g_step_only_g(cityscapes_root, monkeypatch, data_args):
+    model = SegGAN(num_classes=19, encoder_name="resnet18", g_lr=1e-2, d_lr=1e-2, semi_start=0)
     g_before, d_before = snapshot(model.generator), snapshot(model.discriminator)
     after_d_step = {}
     original_generator_step = SegGAN.generator_step
@@ -43,7 +52,7 @@ def test_d_step_changes_only_d_and_g_step_only_g(cityscapes_root, monkeypatch):
         original_generator_step(self, *args)
 
     monkeypatch.setattr(SegGAN, "generator_step", spy)
-    fit_one_batch(model, cityscapes_root)
+    fit_one_batch(model, cityscapes_root, **data_args)
     # after the D step: D moved, G did not
     assert changed(d_before, after_d_step["d"]) and not changed(g_before, after_d_step["g"])
     # after the G step: G moved, D did not move again
@@ -125,3 +134,42 @@ def test_local_encoder_weights(tmp_path):
         SegGAN(num_classes=3, lambda_adv=0.0, encoder_weights=str(path))
     with pytest.raises(UserError, match="is not a file"):
         SegGAN(num_classes=3, lambda_adv=0.0, encoder_weights=str(tmp_path / "nope.pth"))
+
+
+def test_d_fake_batch_includes_the_unlabeled_predictions(cityscapes_root, monkeypatch):
+    model = SegGAN(num_classes=19, semi_start=0)
+    seen = []
+    original = SegGAN.discriminator_step
+
+    def spy(self, d_opt, image, target, fake, u_image=None, u_fake=None):
+        seen.append((len(image), None if u_fake is None else len(u_fake)))
+        forward = self.discriminator.forward
+        self.discriminator.forward = lambda maps, images: (seen.append(len(maps)), forward(maps, images))[1]
+        try:
+            original(self, d_opt, image, target, fake, u_image, u_fake)
+        finally:
+            del self.discriminator.forward
+
+    monkeypatch.setattr(SegGAN, "discriminator_step", spy)
+    fit_one_batch(model, cityscapes_root, **SEMI)
+    assert seen == [(2, 2), 2 + 2 + 2]  # one D forward on [real; labeled fake; unlabeled fake]
+
+
+@pytest.mark.parametrize("threshold, expect_loss", [(1.0, False), (0.0, True)])
+def test_self_training_loss_follows_the_mask_threshold(cityscapes_root, tmp_path, threshold, expect_loss):
+    model = SegGAN(num_classes=19, semi_start=0, mask_threshold=threshold)
+    logger = pl.loggers.CSVLogger(tmp_path)
+    fit_one_batch(model, cityscapes_root, max_steps=4, logger=logger, **SEMI)
+    rows = [r for r in csv.DictReader(open(logger.experiment.metrics_file_path)) if r.get("train/loss_semi")]
+    assert rows
+    losses = [float(r["train/loss_semi"]) for r in rows]
+    ratios = [float(r["train/semi_mask_ratio"]) for r in rows]
+    if expect_loss:
+        assert all(loss > 0 for loss in losses) and all(ratio == 1.0 for ratio in ratios)
+    else:
+        assert all(loss == 0 for loss in losses) and all(ratio == 0.0 for ratio in ratios)
+
+
+def test_unlabeled_stream_needs_unlabeled_images(cityscapes_root):
+    with pytest.raises(UserError, match="unlabeled_stream: true, but every training image is labeled"):
+        fit_one_batch(SegGAN(num_classes=19), cityscapes_root, unlabeled_stream=True)

@@ -12,7 +12,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
@@ -111,6 +112,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         labeled_fraction: share of training images whose labels are used, in (0, 1].
         labeled_list: text file of labeled image names, one per line (overrides labeled_fraction).
         split_seed: seed of the labeled subset draw.
+        unlabeled_stream: also feed the training images outside the labeled subset, without labels,
+            as a second stream for semi-supervised training (each batch is then a dict with
+            "labeled" and "unlabeled"; the epoch has as many batches as the labeled loader).
     """
 
     default_crop_size = (512, 1024)
@@ -134,6 +138,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         labeled_fraction: float = 1.0,
         labeled_list: str | None = None,
         split_seed: int = 0,
+        unlabeled_stream: bool = False,
     ):
         super().__init__()
         crop_size = self.default_crop_size if crop_size is None else crop_size
@@ -154,6 +159,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.hflip, self.color_jitter = hflip, color_jitter
         self.eval_size = None if eval_size is None else tuple(eval_size)
         self.labeled_fraction, self.labeled_list, self.split_seed = labeled_fraction, labeled_list, split_seed
+        self.unlabeled_stream = unlabeled_stream
         self.labeled_names: list[str] = []
         self.unlabeled_samples: list[Sample] = []
 
@@ -233,7 +239,28 @@ class SegmentationDataModule(pl.LightningDataModule):
                 f"data.batch_size: {self.batch_size} is larger than the {len(self.train_set)} "
                 "labeled training images; expected a batch size no larger than that."
             )
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        labeled = self._loader(self.train_set, self.batch_size, shuffle=True)
+        if not self.unlabeled_stream:
+            return labeled
+        if not self.unlabeled_samples:
+            raise UserError(
+                "data.unlabeled_stream: true, but every training image is labeled "
+                f"(labeled_fraction {self.labeled_fraction}); expected labeled_fraction < 1 or a labeled_list."
+            )
+        # The unlabeled stream cycles: a sampler drawing exactly one unlabeled batch per labeled batch
+        # (fresh permutations when it runs out), so the labeled loader defines the epoch.
+        unlabeled_set = self.dataset(self.unlabeled_samples, train=True)
+        sampler = RandomSampler(unlabeled_set, num_samples=len(labeled) * self.batch_size)
+        unlabeled = DataLoader(
+            unlabeled_set,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+        return CombinedLoader({"labeled": labeled, "unlabeled": unlabeled}, mode="min_size")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
