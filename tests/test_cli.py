@@ -57,6 +57,11 @@ def test_fit_then_validate_in_process(cityscapes_root, tmp_path, capsys):
     assert len(state["optimizer_states"]) == 2  # G and D
     main(["validate", *tiny_args(cityscapes_root, tmp_path / "val"), "--ckpt_path", str(best)])
     assert "Per-class IoU (val, epoch" in capsys.readouterr().out
+    main(["test", *tiny_args(cityscapes_root, tmp_path / "test"), "--ckpt_path", str(best)])
+    assert "Per-class IoU (test, epoch" in capsys.readouterr().out
+    (label,) = list((cityscapes_root / "gtFine" / "val").rglob("*_labelIds.png"))[:1]
+    label.unlink()  # predict needs no labels
+    main(["predict", *tiny_args(cityscapes_root, tmp_path / "predict"), "--ckpt_path", str(best)])
 
 
 def test_supervised_baseline_and_custom_discriminator_from_the_cli(cityscapes_root, tmp_path, capsys):

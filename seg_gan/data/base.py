@@ -118,6 +118,8 @@ class SegmentationDataModule(pl.LightningDataModule):
     """
 
     default_crop_size = (512, 1024)
+    test_split = "val"  # subclasses take it as an argument
+    predict_split = "val"
 
     class_names: list[str]
     class_colors: list[tuple[int, int, int]]
@@ -210,8 +212,10 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.val_set = self.dataset(self.samples("val"), train=False)
         if stage == "test":
             self.test_set = self.dataset(self.samples(self.test_split), train=False)
-
-    test_split = "val"
+        if stage == "predict":  # labels are not needed (Cityscapes' test labels are placeholders)
+            samples = [Sample(s.image, None, s.name, s.city) for s in self.find_samples(self.predict_split)]
+            check_pairs(samples, f"split {self.predict_split!r} of {self.root}")
+            self.predict_set = self.dataset(samples, train=False)
 
     def write_split(self) -> None:
         """Keep the labeled names next to the run's outputs, so the run can be reproduced."""
@@ -267,6 +271,9 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set, self.eval_batch_size, shuffle=False)
 
 
 def check_root(root: str | Path, required: list[str], expected: str) -> Path:

@@ -23,6 +23,7 @@ class CamVidDataModule(SegmentationDataModule):
     Args:
         root: folder holding train/, trainannot/, val/, valannot/ (optional test/, testannot/).
         test_split: split used by `test` (`val`, or `test` where it exists).
+        predict_split: split used by `predict` (labels not read).
         **kwargs: loader, augmentation and split settings of `SegmentationDataModule`.
     """
 
@@ -30,10 +31,10 @@ class CamVidDataModule(SegmentationDataModule):
     class_colors = [color for _, color in CAMVID_CLASSES]
     default_crop_size = (352, 480)
 
-    def __init__(self, root: str, test_split: str = "val", **kwargs):
+    def __init__(self, root: str, test_split: str = "val", predict_split: str = "val", **kwargs):
         self.root = check_root(root, ["train", "trainannot", "val", "valannot"], LAYOUT)
         super().__init__(**kwargs)
-        self.test_split = test_split
+        self.test_split, self.predict_split = test_split, predict_split
         self.lookup = np.full(256, IGNORE_INDEX, dtype=np.uint8)
         self.lookup[: len(CAMVID_CLASSES)] = np.arange(len(CAMVID_CLASSES))
         self.known = np.zeros(256, dtype=bool)

@@ -42,13 +42,14 @@ class CityscapesDataModule(SegmentationDataModule):
         root: folder holding `leftImg8bit/` and `gtFine/` (from leftImg8bit_trainvaltest.zip and
             gtFine_trainvaltest.zip).
         test_split: split used by `test`; Cityscapes' public `test` labels are placeholders, so `val`.
+        predict_split: split used by `predict` (labels not read): `val`, or `test` for submissions.
         **kwargs: loader, augmentation and split settings of `SegmentationDataModule`.
     """
 
-    def __init__(self, root: str, test_split: str = "val", **kwargs):
+    def __init__(self, root: str, test_split: str = "val", predict_split: str = "val", **kwargs):
         self.root = check_root(root, ["leftImg8bit", "gtFine"], LAYOUT)
         super().__init__(**kwargs)
-        self.test_split = test_split
+        self.test_split, self.predict_split = test_split, predict_split
         self.lookup, self.known, self.class_names, self.class_colors = cityscapes_tables()
 
     def find_samples(self, split: str) -> list[Sample]:
