@@ -33,4 +33,4 @@ bench-data:  ## data-loading benchmark (PNG decode vs full pipeline)
 	$(PYTHON) -m seg_gan.bench data
 
 clean:  ## remove run outputs and caches in this folder
-	rm -rf lightning_logs wandb .pytest_cache .ruff_cache
+	rm -rf runs lightning_logs wandb .pytest_cache .ruff_cache

@@ -9,6 +9,7 @@ import sys
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from seg_gan.callbacks import SaveConfig, WandbMedia
 from seg_gan.data import SegmentationDataModule
 from seg_gan.errors import clean_message, find_user_error
 from seg_gan.module import SegGAN
@@ -26,6 +27,10 @@ DEFAULTS = {
     "model.g_weight_decay": 0.0,
     "model.d_lr": 1e-4,
     "trainer.max_epochs": 4,
+    "trainer.logger": {
+        "class_path": "seg_gan.callbacks.WandbLogger",
+        "init_args": {"project": "seg_gan", "save_dir": "runs"},
+    },
 }
 
 
@@ -51,7 +56,8 @@ def main(args: list[str] | None = None) -> None:
             SegGAN,
             SegmentationDataModule,
             subclass_mode_data=True,
-            trainer_defaults={"callbacks": [checkpoint_callback()]},
+            trainer_defaults={"callbacks": [checkpoint_callback(), WandbMedia()]},
+            save_config_callback=SaveConfig,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
             auto_configure_optimizers=False,  # SegGAN builds its own two optimizers

@@ -195,7 +195,7 @@ class SegGAN(pl.LightningModule):
             loss_d = discriminator_loss(real_logits, fake_logits, self.adversarial_loss, weight, fake_weight)
             d_opt.zero_grad(set_to_none=True)
             self.manual_backward(loss_d)
-            self._clip(d_opt)
+            self.log("train/grad_norm_d", self._clip(d_opt, self.discriminator))
             d_opt.step()
         with torch.no_grad():
             d_real = (torch.sigmoid(real_logits) * weight).sum() / weight.sum().clamp(min=1)
@@ -216,7 +216,7 @@ class SegGAN(pl.LightningModule):
                 loss_g = loss_g + self.semi_supervised_loss(u_image, u_logits, u_probs)
             g_opt.zero_grad(set_to_none=True)
             self.manual_backward(loss_g)
-            self._clip(g_opt)
+            self.log("train/grad_norm_g", self._clip(g_opt, self.generator))
             g_opt.step()
         self.log("train/loss_ce", loss_ce.detach(), prog_bar=True)
         self.log("train/loss_g", loss_g.detach())
@@ -246,11 +246,14 @@ class SegGAN(pl.LightningModule):
         )
         return hp.lambda_semi_adv * loss_semi_adv + hp.lambda_semi * loss_semi
 
-    def _clip(self, optimizer) -> None:
+    def _clip(self, optimizer, module: nn.Module) -> torch.Tensor:
+        """Clip (if configured) and return the gradient norm before clipping, for the GAN-health plots."""
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         if self.hparams.gradient_clip_val is not None:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm"
-            )
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val,
+                                gradient_clip_algorithm="norm")  # fmt: skip
+        return norm.detach()
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -307,8 +310,9 @@ class SegGAN(pl.LightningModule):
         self.print_table()
 
     def _log_scores(self, split: str, confmat: MulticlassConfusionMatrix) -> None:
-        result = scores(confmat.compute())  # summed over processes under DDP
+        counts = confmat.compute()  # [C, C], summed over processes under DDP
         confmat.reset()
+        result = scores(counts) | {"confmat": counts.cpu()}
         if self.trainer.sanity_checking:
             return
         metrics = {f"{split}/mIoU": result["miou"], f"{split}/pixel_acc": result["pixel_acc"]}

@@ -18,7 +18,9 @@ def tiny_args(root: Path, out: Path, *extra: str) -> list[str]:
         "--data.class_path", "seg_gan.data.CityscapesDataModule", "--data.root", str(root),
         "--data.batch_size", "4", "--data.num_workers", "0", "--data.crop_size", "[32, 64]",
         "--data.scale_range", "[1.0, 1.0]",
-        "--model.arch", "Unet", "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false",
+        "--model.arch", "Unet", "--trainer.default_root_dir", str(out),
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(out),
+        "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1", *extra,
     ]  # fmt: skip
 
@@ -85,6 +87,25 @@ def test_supervised_baseline_and_custom_discriminator_from_the_cli(cityscapes_ro
     )
     state = torch.load(next((tmp_path / "custom").rglob("last.ckpt")), map_location="cpu", weights_only=False)
     assert state["state_dict"]["discriminator.net.0.weight"].shape == (3, 19, 3, 3)
+
+
+def test_fit_without_a_logger(cityscapes_root, tmp_path):
+    out = tmp_path / "nolog"
+    main(["fit", *tiny_args(cityscapes_root, out), "--trainer.logger", "false", "--trainer.max_steps", "2"])
+    assert (out / "config.yaml").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_sweep_definition_names_real_parameters():
+    import yaml
+
+    sweep = yaml.safe_load((REPO / "configs" / "sweeps" / "camvid_adversarial.yaml").read_text())
+    assert sweep["metric"]["name"] == "val/mIoU" and sweep["program"] == "seg_gan"
+    for name, spec in sweep["parameters"].items():
+        for value in spec["values"]:  # every value must parse on top of the config the sweep uses
+            with pytest.raises(SystemExit) as exit_info:
+                main(["fit", "--config", str(REPO / "configs" / "camvid_semi.yaml"), f"--{name}", str(value),
+                      "--print_config"])  # fmt: skip
+            assert exit_info.value.code in (0, None)
 
 
 def test_semi_supervised_fit_from_the_cli(cityscapes_root, tmp_path):

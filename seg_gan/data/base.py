@@ -219,10 +219,12 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def write_split(self) -> None:
         """Keep the labeled names next to the run's outputs, so the run can be reproduced."""
-        trainer = self.trainer
-        if trainer is None or not trainer.is_global_zero or trainer.log_dir is None:
+        from seg_gan.callbacks import run_dir
+
+        folder = None if self.trainer is None else run_dir(self.trainer)
+        if folder is None or not self.trainer.is_global_zero:
             return
-        path = Path(trainer.log_dir) / "labeled_split.txt"
+        path = folder / "labeled_split.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(self.labeled_names) + "\n")
 

@@ -1,0 +1,211 @@
+"""Experiment tracking: a W&B logger that never blocks, the config saver, and W&B media logging.
+
+- `WandbLogger`: Lightning's, recording offline when there is no API key (or when going online
+  fails), with `val/mIoU` summarised as its max; the run is finished at the end so a second run in
+  the same process or folder starts clean.
+- `SaveConfig`: writes the resolved `config.yaml` into the run's own folder and hands the whole
+  configuration to the logger (the W&B run config), so runs can be grouped by any parameter.
+- `WandbMedia`: fixed validation images with prediction / ground-truth masks (and D's confidence),
+  the per-class IoU table each validation, the confusion matrix at the end of fit.
+"""
+
+import netrc
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+
+from seg_gan.models import IMAGENET_MEAN, IMAGENET_STD
+
+
+def has_wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's WandbLogger (same arguments) that records offline instead of prompting or failing.
+
+    Args:
+        name: run name shown in W&B.
+        save_dir: folder for W&B's files and the run folders (checkpoints, config.yaml).
+        project: W&B project.
+        group: W&B group (e.g. one per experiment arm).
+        tags: W&B tags.
+        offline: record offline (upload later with `wandb sync <save_dir>/wandb/offline-run-*`).
+        log_model: upload checkpoints as W&B artifacts (`true`: at the end, `all`: as saved).
+        **kwargs: passed to `wandb.init`.
+    """
+
+    def __init__(self, name: str | None = None, save_dir: str = "runs", project: str = "seg_gan",
+                 group: str | None = None, tags: list[str] | None = None, offline: bool = False,
+                 log_model: bool | str = False, **kwargs):  # fmt: skip
+        if not offline and os.environ.get("WANDB_MODE") is None and not has_wandb_credentials():
+            offline = True  # no account here: record locally, never prompt for a key
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
+        super().__init__(name=name, save_dir=save_dir, project=project, offline=offline, log_model=log_model,
+                         group=group, tags=tags, **kwargs)  # fmt: skip
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is None:
+            try:
+                super().experiment  # noqa: B018 - creates the run
+            except Exception as error:  # no network, server down, bad key: keep training, offline
+                rank_zero_warn(f"W&B could not start online ({error}); recording offline instead.")
+                self._wandb_init["mode"] = "offline"
+                super().experiment  # noqa: B018
+            if hasattr(self._experiment, "define_metric"):
+                self._experiment.define_metric("val/mIoU", summary="max")
+        return self._experiment
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        if self._experiment is not None:
+            self._experiment.finish()
+            self._experiment = None  # a later fit/validate in this process starts a new run
+
+
+def run_dir(trainer: pl.Trainer) -> Path | None:
+    """The folder of this run: <save_dir>/<project>/<run id> for W&B, the log dir otherwise."""
+    logger = trainer.logger
+    if isinstance(logger, LightningWandbLogger):
+        return Path(logger.save_dir) / str(logger.name) / str(logger.version)
+    return None if trainer.log_dir is None else Path(trainer.log_dir)
+
+
+class SaveConfig(SaveConfigCallback):
+    """config.yaml into the run's own folder (no clash between runs) and the full config to the logger."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        folder = run_dir(trainer)
+        if trainer.is_global_zero and folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, str(folder / self.config_filename), skip_none=False, overwrite=True,
+                             multifile=self.multifile)  # fmt: skip
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                config = {k: v for k, v in self.config.clone().as_dict().items() if not k.startswith("_")}
+                logger.log_hyperparams(config)
+        self.already_saved = trainer.strategy.broadcast(True)
+
+
+class WandbMedia(pl.Callback):
+    """W&B media: fixed validation images with masks, per-class IoU table, confusion matrix.
+
+    Args:
+        num_images: validation images shown (the same ones every epoch).
+        every_n_epochs: log the images every N validation epochs.
+        seed: seed that picks the images.
+    """
+
+    def __init__(self, num_images: int = 4, every_n_epochs: int = 1, seed: int = 0):
+        self.num_images, self.every_n_epochs, self.seed = num_images, every_n_epochs, seed
+
+    @staticmethod
+    def _run(trainer: pl.Trainer):
+        for logger in trainer.loggers:
+            if isinstance(logger, LightningWandbLogger):
+                return logger.experiment
+        return None
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        run = self._run(trainer)
+        if run is None or trainer.sanity_checking or pl_module.last_result is None:
+            return
+        import wandb
+
+        _, result = pl_module.last_result
+        rows = [
+            [name, None if iou != iou else iou]
+            for name, iou in zip(pl_module.class_names, result["iou"].tolist(), strict=True)
+        ]
+        media = {"val/IoU_table": wandb.Table(columns=["class", "IoU"], data=rows)}
+        if trainer.current_epoch % self.every_n_epochs == 0:
+            media["val/examples"] = self.examples(trainer, pl_module)
+        run.log({**media, "trainer/global_step": trainer.global_step})
+
+    def examples(self, trainer: pl.Trainer, pl_module) -> list:
+        """The same validation images each time: image with prediction and ground-truth masks,
+        then D's confidence map (sigmoid of D on the prediction) for adversarial runs."""
+        import wandb
+
+        dataset = trainer.datamodule.val_set
+        generator = torch.Generator().manual_seed(self.seed)
+        indices = torch.randperm(len(dataset), generator=generator)[: self.num_images].tolist()
+        labels = {i: name for i, name in enumerate(pl_module.class_names)} | {pl_module.ignore_index: "void"}
+        images = []
+        with torch.no_grad():
+            for index in indices:
+                item = dataset[index]
+                image = item["image"].unsqueeze(0).to(pl_module.device)  # [1, 3, H, W]
+                probs = pl_module.predict_logits(image).softmax(1)  # [1, C, H, W]
+                mask = torch.nn.functional.interpolate(item["mask"][None, None].float(), size=image.shape[-2:],
+                                                       mode="nearest")[0, 0].long()  # fmt: skip
+                pixels = denormalize(item["image"])
+                masks = {"prediction": {"mask_data": probs.argmax(1)[0].cpu().numpy(), "class_labels": labels},
+                         "ground_truth": {"mask_data": mask.numpy(), "class_labels": labels}}  # fmt: skip
+                images.append(wandb.Image(pixels, masks=masks, caption=item["name"]))
+                if pl_module.discriminator is not None:
+                    confidence = torch.sigmoid(pl_module.discriminator(probs, image))  # [1, 1, h, w]
+                    confidence = torch.nn.functional.interpolate(confidence, size=image.shape[-2:])[0, 0]
+                    images.append(
+                        wandb.Image(colormap(confidence.cpu().numpy()), caption=f"{item['name']}: D confidence")
+                    )
+        return images
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
+        run = self._run(trainer)
+        if run is None or pl_module.last_result is None:
+            return
+        import wandb
+
+        _, result = pl_module.last_result
+        figure = confusion_figure(result["confmat"], pl_module.class_names)
+        run.log({"val/confusion_matrix": wandb.Image(figure), "trainer/global_step": trainer.global_step})
+        plt.close(figure)
+
+
+def denormalize(image: torch.Tensor) -> np.ndarray:
+    """[3, H, W] ImageNet-normalised -> [H, W, 3] uint8."""
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (image.cpu() * std + mean).clamp(0, 1).mul(255).byte().permute(1, 2, 0).numpy()
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """[H, W] in [0, 1] -> [H, W, 3] uint8 (viridis)."""
+    return (matplotlib.colormaps["viridis"](values)[..., :3] * 255).astype(np.uint8)
+
+
+def confusion_figure(confmat: torch.Tensor, class_names: list[str]):
+    """Row-normalised confusion matrix (rows = ground truth) as a matplotlib figure."""
+    counts = confmat.double()
+    rates = (counts / counts.sum(1, keepdim=True).clamp(min=1)).numpy()
+    size = max(4, 0.35 * len(class_names) + 2)
+    figure, axes = plt.subplots(figsize=(size, size))
+    axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(len(class_names)), class_names, rotation=90)
+    axes.set_yticks(range(len(class_names)), class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("ground truth")
+    axes.set_title("confusion (row-normalised)")
+    figure.tight_layout()
+    return figure

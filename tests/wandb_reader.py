@@ -1,0 +1,62 @@
+"""Read what W&B wrote: the records of an offline `run-*.wandb` file.
+
+The file is a LevelDB-log-framed stream: a 7-byte file header (":W&B", 2-byte magic, version), then
+32 KiB blocks of records, each with a 7-byte header (crc32c, little-endian length, type: 1 FULL,
+2 FIRST, 3 MIDDLE, 4 LAST); a block tail shorter than a header is zero padding. Each reassembled
+record is a `wandb.proto.wandb_internal_pb2.Record`.
+"""
+
+import json
+import struct
+from pathlib import Path
+
+from wandb.proto import wandb_internal_pb2
+
+BLOCK = 32 * 1024
+HEADER = 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def read_records(path: Path) -> list:
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    records, pending, position = [], b"", HEADER
+    while position + HEADER <= len(data):
+        left = BLOCK - position % BLOCK
+        if left < HEADER:  # zero padding at the end of a block
+            position += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[position : position + HEADER])
+        chunk = data[position + HEADER : position + HEADER + length]
+        position += HEADER + length
+        if kind == FULL:
+            records.append(chunk)
+        elif kind == FIRST:
+            pending = chunk
+        elif kind == MIDDLE:
+            pending += chunk
+        elif kind == LAST:
+            records.append(pending + chunk)
+        elif kind == 0 and length == 0:  # unused space after the last record
+            break
+    return [wandb_internal_pb2.Record.FromString(raw) for raw in records]
+
+
+def _key(item) -> str:
+    return "/".join(item.nested_key) if item.nested_key else item.key
+
+
+def run_contents(path: Path) -> dict:
+    """{"config": {...}, "history": [{key: value}, ...], "summary": {...}} from one run file."""
+    config, history, summary = {}, [], {}
+    for record in read_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "config":
+            config.update({_key(i): json.loads(i.value_json) for i in record.config.update})
+        elif kind == "run":
+            config.update({_key(i): json.loads(i.value_json) for i in record.run.config.update})
+        elif kind == "history":
+            history.append({_key(i): json.loads(i.value_json) for i in record.history.item})
+        elif kind == "summary":
+            summary.update({_key(i): json.loads(i.value_json) for i in record.summary.update})
+    return {"config": config, "history": history, "summary": summary}
