@@ -42,6 +42,14 @@ class SegGANCLI(LightningCLI):
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.set_defaults(DEFAULTS)
 
+    def before_instantiate_classes(self) -> None:
+        # Each batch runs two backward passes (D step, G step) and each leaves the other network's
+        # parameters without gradients; DDP must be told, or it stops with "unused parameters".
+        # Gradients are still averaged across processes for every parameter that has one.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.trainer.strategy == "ddp":
+            config.trainer.strategy = "ddp_find_unused_parameters_true"
+
 
 def checkpoint_callback() -> ModelCheckpoint:
     """best.ckpt by val/mIoU and last.ckpt, in the run folder's checkpoints/."""

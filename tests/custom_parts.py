@@ -1,6 +1,7 @@
-"""A user-written discriminator, plugged in by class_path without editing the package."""
+"""Parts plugged in by class_path without editing the package: a discriminator, a test callback."""
 
 import torch
+from lightning.pytorch import Callback
 from torch import nn
 
 
@@ -14,3 +15,21 @@ class TinyDiscriminator(nn.Module):
 
     def forward(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         return self.net(probs)  # [B, 1, H, W]
+
+
+class DumpWeights(Callback):
+    """Writes each process's weights at the start and end of training to
+    <out_dir>/{start,end}-rank<R>.pt (to compare DDP ranks)."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+
+    def _dump(self, trainer, pl_module, when: str) -> None:
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        torch.save(state, f"{self.out_dir}/{when}-rank{trainer.global_rank}.pt")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._dump(trainer, pl_module, "start")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._dump(trainer, pl_module, "end")

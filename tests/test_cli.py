@@ -1,6 +1,7 @@
 """The CLI as users run it: in-process through main([...]) and as a real subprocess."""
 
 import csv
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,40 @@ def test_sweep_definition_names_real_parameters():
                 main(["fit", "--config", str(REPO / "configs" / "camvid_semi.yaml"), f"--{name}", str(value),
                       "--print_config"])  # fmt: skip
             assert exit_info.value.code in (0, None)
+
+
+def test_bf16_and_channels_last_fit(cityscapes_root, tmp_path):
+    out = tmp_path / "bf16"
+    main(
+        [
+            "fit",
+            *tiny_args(
+                cityscapes_root,
+                out,
+                "--trainer.max_steps",
+                "4",
+                "--trainer.precision",
+                "bf16-mixed",
+                "--model.channels_last",
+                "true",
+                "--trainer.limit_val_batches",
+                "1",
+            ),
+        ]
+    )
+    rows = read_metrics(out)
+    for key in ["train/loss_ce", "train/loss_adv", "train/loss_d"]:
+        values = [float(r[key]) for r in rows if r.get(key)]
+        assert values and all(math.isfinite(v) for v in values), key
+
+
+def test_gpu_benchmark_code_path_runs_on_cpu(capsys):
+    from seg_gan.bench.__main__ import main as bench
+
+    bench(["gpu", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch", "1", "--crop", "64", "64",
+           "--encoder", "resnet18", "--precision", "32"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "channels_last / contiguous speed" in printed and "images/s" in printed
 
 
 def test_semi_supervised_fit_from_the_cli(cityscapes_root, tmp_path):

@@ -2,9 +2,9 @@
 
 import argparse
 
-from seg_gan.bench import data, semi
+from seg_gan.bench import data, gpu, semi
 
-BENCHMARKS = {"data": data, "semi": semi}
+BENCHMARKS = {"data": data, "gpu": gpu, "semi": semi}
 
 
 def main(args: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import tv_tensors
@@ -228,11 +229,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(self.labeled_names) + "\n")
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -268,11 +270,20 @@ class SegmentationDataModule(pl.LightningDataModule):
         )
         return CombinedLoader({"labeled": labeled, "unlabeled": unlabeled}, mode="min_size")
 
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        """Under DDP, each image goes to exactly one process: Lightning's default DistributedSampler
+        pads by repeating images, which would count them twice in the confusion matrix."""
+        sampler = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if torch.distributed.get_world_size() > 1:
+                sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        return self._loader(dataset, self.eval_batch_size, shuffle=False, sampler=sampler)
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        return self._eval_loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+        return self._eval_loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_set, self.eval_batch_size, shuffle=False)
