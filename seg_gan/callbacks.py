@@ -7,6 +7,7 @@
   configuration to the logger (the W&B run config), so runs can be grouped by any parameter.
 - `WandbMedia`: fixed validation images with prediction / ground-truth masks (and D's confidence),
   the per-class IoU table each validation, the confusion matrix at the end of fit.
+- `PredictionWriter`: label-id / train-id PNGs and colour overlays from `predict`.
 """
 
 import netrc
@@ -18,11 +19,14 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from PIL import Image
 
+from seg_gan.errors import UserError
 from seg_gan.models import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -209,3 +213,54 @@ def confusion_figure(confmat: torch.Tensor, class_names: list[str]):
     axes.set_title("confusion (row-normalised)")
     figure.tight_layout()
     return figure
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes predictions per image, mirroring <split>/<city>/ and keeping the file stem:
+
+    - `labelIds/<split>/<city>/<name>_labelIds.png`: dataset label ids (Cityscapes: what the test
+      server and csEvalPixelLevelSemanticLabeling read), at the original resolution;
+    - `trainIds/<split>/<city>/<name>_trainIds.png`: class indices;
+    - `color/<split>/<city>/<name>_color.png`: the class colours blended over the image.
+
+    Args:
+        output_dir: folder for the predictions, created if missing.
+        overwrite: allow writing into a folder that already holds files.
+        alpha: opacity of the colours in the overlays.
+    """
+
+    def __init__(self, output_dir: str = "predictions", overwrite: bool = False, alpha: float = 0.5):
+        super().__init__(write_interval="batch")
+        self.output_dir, self.overwrite, self.alpha = Path(output_dir), overwrite, alpha
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module) -> None:
+        if trainer.is_global_zero and self.output_dir.is_dir() and any(self.output_dir.iterdir()):
+            if not self.overwrite:
+                raise UserError(f"writer.output_dir: {str(self.output_dir)!r} already holds files. Expected an "
+                                "empty or new folder, or --writer.overwrite true to replace them.")  # fmt: skip
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.output_dir / f".write-test-{trainer.global_rank}"
+            probe.touch()
+            probe.unlink()
+        except OSError as error:
+            raise UserError(f"writer.output_dir: cannot write into {str(self.output_dir)!r} ({error}).") from None
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        data = trainer.datamodule
+        split = getattr(data, "predict_split", "predict")
+        palette = np.zeros((256, 3), np.uint8)
+        palette[: len(data.class_colors)] = np.asarray(data.class_colors, np.uint8)
+        for train_ids, image, name, city in zip(prediction.byte().cpu(), batch["image"], batch["name"],
+                                                batch["city"], strict=True):  # fmt: skip
+            train_ids = train_ids.numpy()  # [H, W] at the original resolution
+            outputs = {"trainIds": train_ids}
+            if data.label_ids is not None:
+                outputs["labelIds"] = data.label_ids[train_ids]
+            pixels = torch.nn.functional.interpolate(image[None].float(), size=train_ids.shape, mode="bilinear")[0]
+            overlay = (1 - self.alpha) * denormalize(pixels) + self.alpha * palette[train_ids]
+            outputs["color"] = overlay.astype(np.uint8)
+            for kind, array in outputs.items():
+                path = self.output_dir / kind / split / city / f"{name}_{kind}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(path)

@@ -9,7 +9,7 @@ import sys
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from seg_gan.callbacks import SaveConfig, WandbMedia
+from seg_gan.callbacks import PredictionWriter, SaveConfig, WandbMedia
 from seg_gan.data import SegmentationDataModule
 from seg_gan.errors import clean_message, find_user_error
 from seg_gan.module import SegGAN
@@ -41,6 +41,8 @@ class SegGANCLI(LightningCLI):
         parser.link_arguments("data.ignore_index", "model.ignore_index", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.set_defaults(DEFAULTS)
+        # `predict` writes files: --writer.output_dir, --writer.overwrite, --writer.alpha
+        parser.add_class_arguments(PredictionWriter, "writer")
 
     def before_instantiate_classes(self) -> None:
         # Each batch runs two backward passes (D step, G step) and each leaves the other network's
@@ -49,6 +51,9 @@ class SegGANCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.strategy == "ddp":
             config.trainer.strategy = "ddp_find_unused_parameters_true"
+
+    def before_predict(self) -> None:
+        self.trainer.callbacks.append(self.config_init[self.subcommand]["writer"])
 
 
 def checkpoint_callback() -> ModelCheckpoint:

@@ -27,6 +27,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from seg_gan.errors import UserError
+from seg_gan.inference import InferenceMode, predict_logits
 from seg_gan.losses import (
     AdversarialLoss,
     RealEncoding,
@@ -73,6 +74,11 @@ class SegGAN(pl.LightningModule):
         gradient_clip_val: clip G's and D's gradient norm to this value (null = off).
         channels_last: run G and D in the channels_last memory format (faster convolutions on
             recent GPUs and some CPUs).
+        inference: validation/test/predict on the 'whole' image, or a sliding window ('slide') for
+            models trained on crops.
+        window: sliding window (height, width).
+        stride: sliding window stride (height, width); overlapping logits are averaged.
+        flip_tta: also run on the horizontally flipped image and average the logits.
     """
 
     def __init__(
@@ -101,6 +107,10 @@ class SegGAN(pl.LightningModule):
         poly_power: float = 0.9,
         gradient_clip_val: float | None = None,
         channels_last: bool = False,
+        inference: InferenceMode = "whole",
+        window: tuple[int, int] = (512, 1024),
+        stride: tuple[int, int] = (341, 683),
+        flip_tta: bool = False,
     ):
         super().__init__()
         non_negative = {
@@ -119,6 +129,8 @@ class SegGAN(pl.LightningModule):
                 raise UserError(f"model.{name}: {value} must be positive.")
         if not 0 <= mask_threshold <= 1:
             raise UserError(f"model.mask_threshold: {mask_threshold} is outside [0, 1]; expected a D confidence.")
+        if min(window) <= 0 or min(stride) <= 0:
+            raise UserError(f"model.window {list(window)} and model.stride {list(stride)} must be positive.")
         if gradient_clip_val is not None and gradient_clip_val <= 0:
             raise UserError(f"model.gradient_clip_val: {gradient_clip_val} must be positive or null.")
         self.save_hyperparameters(ignore=[] if isinstance(discriminator, str) else ["discriminator"])
@@ -152,18 +164,11 @@ class SegGAN(pl.LightningModule):
         return self.generator(image)
 
     def predict_logits(self, image: torch.Tensor, out_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Whole-image logits at `out_size` (default: the image size), for any image size.
-
-        smp encoders need sides divisible by their output stride (32): pad, run, crop, resize.
-        """
-        height, width = image.shape[-2:]
-        pad_h, pad_w = (-height) % 32, (-width) % 32
-        padded = F.pad(image, (0, pad_w, 0, pad_h)).contiguous(memory_format=self.memory_format)
-        logits = self.generator(padded)[..., :height, :width]
-        out_size = tuple(out_size or (height, width))
-        if logits.shape[-2:] != out_size:
-            logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
-        return logits
+        """Logits for whole images of any size at `out_size` (default: the image size), with the
+        configured inference mode (whole / sliding window) and flip averaging."""
+        hp = self.hparams
+        return predict_logits(self.generator, image, out_size, hp.inference, hp.window, hp.stride, hp.flip_tta,
+                              self.memory_format)  # fmt: skip
 
     # ---- training --------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:
@@ -305,7 +310,8 @@ class SegGAN(pl.LightningModule):
         self.test_confmat.update(logits.argmax(1), batch["mask"])
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.predict_logits(batch["image"]).argmax(1)  # [B, H, W] train ids
+        # the mask of a prediction item is all void but has the original image size
+        return self.predict_logits(batch["image"], batch["mask"].shape[-2:]).argmax(1)  # [B, H, W] train ids
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val", self.val_confmat)

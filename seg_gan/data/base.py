@@ -124,6 +124,7 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     class_names: list[str]
     class_colors: list[tuple[int, int, int]]
+    label_ids: np.ndarray | None = None  # train id -> dataset label id, where they differ (Cityscapes)
     ignore_index = IGNORE_INDEX
 
     def __init__(

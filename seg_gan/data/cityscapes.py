@@ -19,8 +19,9 @@ LAYOUT = (
 )
 
 
-def cityscapes_tables() -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, int, int]]]:
-    """(lookup, known, class names, colours) from cityscapesscripts' table: 34 ids -> 19 train ids."""
+def cityscapes_tables() -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, int, int]], np.ndarray]:
+    """(lookup, known, class names, colours, label_ids) from cityscapesscripts' table: 34 ids -> 19
+    train ids; label_ids maps train ids back to label ids (void -> 0, 'unlabeled') for submissions."""
     lookup = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     known = np.zeros(256, dtype=bool)
     train_classes = {}
@@ -32,7 +33,11 @@ def cityscapes_tables() -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[i
             lookup[label.id] = label.trainId
             train_classes[label.trainId] = (label.name, label.color)
     ordered = [train_classes[i] for i in range(len(train_classes))]
-    return lookup, known, [name for name, _ in ordered], [color for _, color in ordered]
+    label_ids = np.zeros(256, dtype=np.uint8)
+    for label in CITYSCAPES_LABELS:
+        if 0 <= label.trainId < IGNORE_INDEX and label.id >= 0:
+            label_ids[label.trainId] = label.id
+    return lookup, known, [name for name, _ in ordered], [color for _, color in ordered], label_ids
 
 
 class CityscapesDataModule(SegmentationDataModule):
@@ -50,7 +55,7 @@ class CityscapesDataModule(SegmentationDataModule):
         self.root = check_root(root, ["leftImg8bit", "gtFine"], LAYOUT)
         super().__init__(**kwargs)
         self.test_split, self.predict_split = test_split, predict_split
-        self.lookup, self.known, self.class_names, self.class_colors = cityscapes_tables()
+        self.lookup, self.known, self.class_names, self.class_colors, self.label_ids = cityscapes_tables()
 
     def find_samples(self, split: str) -> list[Sample]:
         folder = self.root / "leftImg8bit" / split

@@ -1,0 +1,85 @@
+"""Prediction files and agreement with the official Cityscapes evaluation (cityscapesscripts, not mocked)."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
+from cityscapesscripts.helpers.labels import id2label
+from conftest import write_cityscapes
+from PIL import Image
+
+from seg_gan.cli import main
+from seg_gan.inference import predict_logits, sliding
+
+
+def args(root, out, *extra):
+    return [
+        "--data.class_path", "seg_gan.data.CityscapesDataModule", "--data.root", str(root),
+        "--data.batch_size", "4", "--data.num_workers", "0", "--data.crop_size", "[32, 64]",
+        "--data.scale_range", "[1.0, 1.0]", "--model.arch", "Unet", "--model.g_optimizer", "adam",
+        "--model.g_lr", "0.001", "--trainer.default_root_dir", str(out),
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(out),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_val_miou_agrees_with_the_official_cityscapes_evaluation(tmp_path):
+    # every label id occurs (void ones included), 5 val images of 64x128
+    root = write_cityscapes(tmp_path / "cs", {"train": 8, "val": 5}, size=(64, 128), scene="striped")
+    for label in (root / "gtFine" / "val").rglob("*_labelIds.png"):  # add void ids 0-6 and rare classes
+        ids = np.array(Image.open(label))
+        ids[:4, :34] = np.arange(34)
+        Image.fromarray(ids).save(label)
+    main(["fit", *args(root, tmp_path / "fit", "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "0")])
+    checkpoint = next((tmp_path / "fit").rglob("last.ckpt"))
+    main(["validate", *args(root, tmp_path / "val"), "--ckpt_path", str(checkpoint)])
+    (path,) = (tmp_path / "val").rglob("metrics.csv")
+    (ours,) = [float(row["val/mIoU"]) for row in csv.DictReader(path.open()) if row.get("val/mIoU")]
+    out = tmp_path / "predictions"
+    main(["predict", *args(root, tmp_path / "pred"), "--ckpt_path", str(checkpoint), "--writer.output_dir", str(out)])
+
+    ground_truth = sorted((root / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))
+    predictions = [out / "labelIds" / "val" / p.parent.name / p.name.replace("_gtFine_labelIds", "_labelIds")
+                   for p in ground_truth]  # fmt: skip
+    assert all(p.is_file() for p in predictions)
+    assert {np.array(Image.open(p)).shape for p in predictions} == {(64, 128)}  # full resolution
+    assert all((out / kind / "val").rglob("*.png") for kind in ["trainIds", "color"])
+    official.args.evalInstLevelScore = False
+    official.args.JSONOutput = False
+    official.args.quiet = True
+    official.args.exportFile = str(tmp_path / "official.json")
+    result = official.evaluateImgLists([str(p) for p in predictions], [str(p) for p in ground_truth], official.args)
+    theirs = result["averageScoreClasses"]
+    assert abs(ours - theirs) < 1e-4, (ours, theirs)
+    assert 0 < ours < 1
+    label_ids = {int(v) for p in predictions for v in np.unique(np.array(Image.open(p)))}
+    assert all(id2label[i].trainId not in (255, -1) for i in label_ids)  # only real class label ids written
+
+
+def test_predict_refuses_to_overwrite_and_reports_unwritable_folders(cityscapes_root, tmp_path, capsys):
+    main(["fit", *args(cityscapes_root, tmp_path / "fit", "--trainer.max_steps", "2", "--trainer.limit_val_batches",
+                        "0")])  # fmt: skip
+    checkpoint = next((tmp_path / "fit").rglob("last.ckpt"))
+    out = tmp_path / "predictions"
+    out.mkdir()
+    (out / "keep.png").write_bytes(b"x")
+    with pytest.raises(SystemExit):
+        main(["predict", *args(cityscapes_root, tmp_path / "p"), "--ckpt_path", str(checkpoint),
+              "--writer.output_dir", str(out)])  # fmt: skip
+    assert "already holds files" in capsys.readouterr().err and (out / "keep.png").read_bytes() == b"x"
+    main(["predict", *args(cityscapes_root, tmp_path / "p"), "--ckpt_path", str(checkpoint),
+          "--writer.output_dir", str(out), "--writer.overwrite", "true"])  # fmt: skip
+    assert len(list((out / "trainIds").rglob("*.png"))) == 3
+
+
+def test_sliding_window_covers_every_pixel_and_matches_whole_for_a_pointwise_model():
+    pointwise = torch.nn.Conv2d(3, 4, 1)  # no context: windows must reproduce the whole-image output
+    image = torch.randn(1, 3, 50, 70)
+    whole = predict_logits(pointwise, image)
+    windowed = sliding(pointwise, image, window=(32, 32), stride=(20, 25))
+    assert torch.allclose(whole, windowed, atol=1e-6)
+    flipped = predict_logits(pointwise, image, flip=True)
+    assert torch.allclose(flipped, whole, atol=1e-6)  # a pointwise model is flip-equivariant
