@@ -64,7 +64,12 @@ def checkpoint_callback() -> ModelCheckpoint:
 
 
 def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else args
     try:
+        if argv[:1] == ["export"]:  # not a Trainer subcommand: its own small parser
+            from seg_gan.export import main as export
+
+            return export(argv[1:])
         SegGANCLI(
             SegGAN,
             SegmentationDataModule,

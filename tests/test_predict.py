@@ -83,3 +83,25 @@ def test_sliding_window_covers_every_pixel_and_matches_whole_for_a_pointwise_mod
     assert torch.allclose(whole, windowed, atol=1e-6)
     flipped = predict_logits(pointwise, image, flip=True)
     assert torch.allclose(flipped, whole, atol=1e-6)  # a pointwise model is flip-equivariant
+
+
+@pytest.mark.slow
+def test_onnx_export_matches_pytorch(cityscapes_root, tmp_path, capsys):
+    main(["fit", *args(cityscapes_root, tmp_path / "fit", "--trainer.max_steps", "2", "--trainer.limit_val_batches",
+                        "0")])  # fmt: skip
+    checkpoint = next((tmp_path / "fit").rglob("last.ckpt"))
+    output = tmp_path / "generator.onnx"
+    main(["export", "--ckpt_path", str(checkpoint), "--output", str(output)])
+    printed = capsys.readouterr().out
+    difference = float(printed.rsplit("onnxruntime): ", 1)[1].split()[0])
+    assert output.is_file() and difference < 1e-3
+
+
+def test_export_names_a_bad_checkpoint(tmp_path, capsys):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint")
+    for path, expected in [(tmp_path / "missing.ckpt", "is not a file"), (broken, "could not be loaded")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", "--ckpt_path", str(path)])
+        assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+    assert not (tmp_path / "broken.onnx").exists()
