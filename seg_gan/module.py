@@ -22,7 +22,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -40,6 +40,10 @@ from seg_gan.metrics import iou_table, scores
 from seg_gan.models import build_discriminator, build_generator
 from seg_gan.models.discriminators import DiscriminatorName
 from seg_gan.models.generator import Arch
+
+
+class TrainingDiverged(UserError):
+    """Too many non-finite losses in a row: reported like a bad input, without a traceback."""
 
 
 class SegGAN(pl.LightningModule):
@@ -79,6 +83,13 @@ class SegGAN(pl.LightningModule):
         window: sliding window (height, width).
         stride: sliding window stride (height, width); overlapping logits are averaged.
         flip_tta: also run on the horizontally flipped image and average the logits.
+        max_consecutive_skips: a non-finite G or D loss skips that optimizer step (counted in
+            train/skipped_steps); this many skips in a row stop the run with a message.
+        d_every_n_batches: update D on every N-th batch only (1 = every batch).
+        instance_noise: std of Gaussian noise added to everything D sees (real and fake maps), a
+            common stabiliser when D wins too easily (0 = off).
+        collapse_patience: warn when D's accuracy on real vs fake stays above 99% or within 2
+            points of 50% for this many batches in a row.
     """
 
     def __init__(
@@ -111,6 +122,10 @@ class SegGAN(pl.LightningModule):
         window: tuple[int, int] = (512, 1024),
         stride: tuple[int, int] = (341, 683),
         flip_tta: bool = False,
+        max_consecutive_skips: int = 10,
+        d_every_n_batches: int = 1,
+        instance_noise: float = 0.0,
+        collapse_patience: int = 500,
     ):
         super().__init__()
         non_negative = {
@@ -129,6 +144,12 @@ class SegGAN(pl.LightningModule):
                 raise UserError(f"model.{name}: {value} must be positive.")
         if not 0 <= mask_threshold <= 1:
             raise UserError(f"model.mask_threshold: {mask_threshold} is outside [0, 1]; expected a D confidence.")
+        for name, value in [("max_consecutive_skips", max_consecutive_skips), ("d_every_n_batches", d_every_n_batches),
+                            ("collapse_patience", collapse_patience)]:  # fmt: skip
+            if value < 1:
+                raise UserError(f"model.{name}: {value} must be at least 1.")
+        if instance_noise < 0:
+            raise UserError(f"model.instance_noise: {instance_noise} is below zero; expected a std >= 0.")
         if min(window) <= 0 or min(stride) <= 0:
             raise UserError(f"model.window {list(window)} and model.stride {list(stride)} must be positive.")
         if gradient_clip_val is not None and gradient_clip_val <= 0:
@@ -154,6 +175,8 @@ class SegGAN(pl.LightningModule):
         self.val_confmat = self._confmat()
         self.test_confmat = self._confmat()
         self.last_result: tuple[str, dict[str, torch.Tensor]] | None = None
+        self.skipped_steps = self.consecutive_skips = 0  # non-finite losses (stability guard)
+        self.collapse_streak = 0  # batches in a row with D at ~100% or ~50% accuracy
 
     def _confmat(self) -> MulticlassConfusionMatrix:
         return MulticlassConfusionMatrix(self.num_classes, ignore_index=self.ignore_index, validate_args=False)
@@ -187,7 +210,7 @@ class SegGAN(pl.LightningModule):
             u_image = unlabeled["image"].contiguous(memory_format=self.memory_format)  # [Bu, 3, H, W]
             u_logits = self.generator(u_image)  # [Bu, C, H, W]
             u_probs = u_logits.softmax(1)
-        if self.discriminator is not None:
+        if self.discriminator is not None and batch_idx % self.hparams.d_every_n_batches == 0:
             u_fake = None if u_probs is None else u_probs.detach()
             self.discriminator_step(d_opt[0], image, target, probs.detach(), u_image, u_fake)
         self.generator_step(g_opt, image, target, logits, probs, u_image, u_logits, u_probs)
@@ -203,36 +226,36 @@ class SegGAN(pl.LightningModule):
             if u_fake is not None:
                 maps.append(u_fake)
                 images.append(u_image)
-            d_logits = self.discriminator(torch.cat(maps), torch.cat(images))  # one forward: [2B + Bu, 1, ...]
+            d_logits = self.discriminator(
+                self._noisy(torch.cat(maps)), torch.cat(images)
+            )  # one forward: [2B+Bu, 1, ...]
             real_logits, fake_logits = d_logits[: len(image)], d_logits[len(image) :]
             weight = valid_mask(target, self.ignore_index, real_logits)  # void pixels of the labeled images
             fake_weight = torch.cat([weight, torch.ones_like(fake_logits[len(image) :])])
             loss_d = discriminator_loss(real_logits, fake_logits, self.adversarial_loss, weight, fake_weight)
-            d_opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss_d)
-            self.log("train/grad_norm_d", self._clip(d_opt, self.discriminator))
-            d_opt.step()
+            self._update(d_opt, loss_d, self.discriminator, "d")
         with torch.no_grad():
             d_real = (torch.sigmoid(real_logits) * weight).sum() / weight.sum().clamp(min=1)
             d_fake = (torch.sigmoid(fake_logits) * fake_weight).sum() / fake_weight.sum().clamp(min=1)
-        self.log_dict({"train/loss_d": loss_d.detach(), "train/d_real": d_real, "train/d_fake": d_fake})
+            right = ((real_logits > 0) * weight).sum() + ((fake_logits < 0) * fake_weight).sum()
+            d_accuracy = right / (weight.sum() + fake_weight.sum()).clamp(min=1)
+        self._watch_collapse(float(d_accuracy))
+        self.log_dict({"train/loss_d": loss_d.detach(), "train/d_real": d_real, "train/d_fake": d_fake,
+                       "train/d_accuracy": d_accuracy})  # fmt: skip
 
     def generator_step(self, g_opt, image, target, logits, probs, u_image=None, u_logits=None, u_probs=None):
         with self.toggled_optimizer(g_opt):  # D's parameters are frozen: gradients flow to G only
             loss_ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index)
             loss_g = loss_ce
             if self.discriminator is not None:
-                fake_logits = self.discriminator(probs, image)
+                fake_logits = self.discriminator(self._noisy(probs), image)
                 weight = valid_mask(target, self.ignore_index, fake_logits)
                 loss_adv = generator_adversarial_loss(fake_logits, self.adversarial_loss, weight)
                 loss_g = loss_g + self.lambda_adv * loss_adv
                 self.log("train/loss_adv", loss_adv.detach())
             if u_logits is not None:
                 loss_g = loss_g + self.semi_supervised_loss(u_image, u_logits, u_probs)
-            g_opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss_g)
-            self.log("train/grad_norm_g", self._clip(g_opt, self.generator))
-            g_opt.step()
+            self._update(g_opt, loss_g, self.generator, "g")
         self.log("train/loss_ce", loss_ce.detach(), prog_bar=True)
         self.log("train/loss_g", loss_g.detach())
 
@@ -260,6 +283,41 @@ class SegGAN(pl.LightningModule):
             }
         )
         return hp.lambda_semi_adv * loss_semi_adv + hp.lambda_semi * loss_semi
+
+    def _update(self, optimizer, loss: torch.Tensor, module: nn.Module, which: str) -> None:
+        """Backward, clip, step; a non-finite loss skips the step (on every process alike)."""
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+        if finite:
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            self.log(f"train/grad_norm_{which}", self._clip(optimizer, module))
+            optimizer.step()
+            self.consecutive_skips = 0
+        else:
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
+            if self.consecutive_skips >= self.hparams.max_consecutive_skips:
+                raise TrainingDiverged(
+                    f"training stopped: {self.consecutive_skips} optimizer steps in a row had a non-finite loss "
+                    f"(last: the {which.upper()} step at batch {self.trainer.fit_loop.epoch_loop.total_batch_idx}). "
+                    "Expected finite losses: lower the learning rates, set model.gradient_clip_val, or try "
+                    "trainer.precision 32 (model.max_consecutive_skips sets the patience)."
+                )
+        self.log("train/skipped_steps", float(self.skipped_steps))
+
+    def _noisy(self, maps: torch.Tensor) -> torch.Tensor:
+        std = self.hparams.instance_noise
+        return maps + std * torch.randn_like(maps) if std > 0 and self.training else maps
+
+    def _watch_collapse(self, d_accuracy: float) -> None:
+        stuck = d_accuracy > 0.99 or abs(d_accuracy - 0.5) < 0.02
+        self.collapse_streak = self.collapse_streak + 1 if stuck else 0
+        if self.collapse_streak == self.hparams.collapse_patience:
+            state = "wins every pixel (accuracy > 99%)" if d_accuracy > 0.99 else "is guessing (accuracy ~50%)"
+            rank_zero_warn(
+                f"the discriminator {state} for {self.collapse_streak} batches in a row: the adversarial "
+                "signal may be useless; consider instance_noise, spectral_norm, d_every_n_batches or d_lr."
+            )
 
     def _clip(self, optimizer, module: nn.Module) -> torch.Tensor:
         """Clip (if configured) and return the gradient norm before clipping, for the GAN-health plots."""

@@ -173,3 +173,40 @@ def test_self_training_loss_follows_the_mask_threshold(cityscapes_root, tmp_path
 def test_unlabeled_stream_needs_unlabeled_images(cityscapes_root):
     with pytest.raises(UserError, match="unlabeled_stream: true, but every training image is labeled"):
         fit_one_batch(SegGAN(num_classes=19), cityscapes_root, unlabeled_stream=True)
+
+
+class NaNDiscriminator(FCNDiscriminator):
+    """Returns non-finite logits on the listed calls (0-based), real ones otherwise."""
+
+    def __init__(self, num_classes: int, bad_calls=frozenset({0})):
+        super().__init__(num_classes)
+        self.bad_calls, self.calls = bad_calls, 0
+
+    def forward(self, probs, image):
+        logits = super().forward(probs, image)
+        bad = self.bad_calls == "all" or self.calls in self.bad_calls
+        self.calls += 1
+        return logits * float("nan") if bad else logits
+
+
+def test_a_non_finite_loss_skips_that_step_only(cityscapes_root):
+    model = SegGAN(num_classes=19, discriminator=NaNDiscriminator)
+    trainer = fit_one_batch(model, cityscapes_root, max_steps=5)  # batch 0: G only (D skipped); 1, 2: D + G
+    assert model.skipped_steps == 1  # the first D step (first D call) was skipped
+    assert trainer.global_step == 5 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_too_many_non_finite_losses_stop_the_run_with_a_message(cityscapes_root):
+    from seg_gan.module import TrainingDiverged
+
+    model = SegGAN(num_classes=19, discriminator=lambda n: NaNDiscriminator(n, "all"), max_consecutive_skips=3)
+    before = snapshot(model.discriminator)
+    with pytest.raises(TrainingDiverged, match="3 optimizer steps in a row had a non-finite loss"):
+        fit_one_batch(model, cityscapes_root, max_steps=20)
+    assert not changed(before, snapshot(model.discriminator))  # no NaN ever reached the weights
+
+
+def test_d_every_n_batches(cityscapes_root):
+    model = SegGAN(num_classes=19, d_every_n_batches=2)
+    trainer = fit_one_batch(model, cityscapes_root, max_steps=6)  # batches 0..3: D at 0 and 2
+    assert trainer.fit_loop.epoch_loop.total_batch_idx + 1 == 4
