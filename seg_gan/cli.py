@@ -6,10 +6,9 @@ out the same values; a test keeps the two equal).
 
 import sys
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from seg_gan.callbacks import PredictionWriter, SaveConfig, WandbMedia
+from seg_gan.callbacks import Checkpoint, PredictionWriter, SaveConfig, WandbMedia
 from seg_gan.data import SegmentationDataModule
 from seg_gan.errors import clean_message, find_user_error
 from seg_gan.module import SegGAN
@@ -56,11 +55,9 @@ class SegGANCLI(LightningCLI):
         self.trainer.callbacks.append(self.config_init[self.subcommand]["writer"])
 
 
-def checkpoint_callback() -> ModelCheckpoint:
-    """best.ckpt by val/mIoU and last.ckpt, in the run folder's checkpoints/."""
-    return ModelCheckpoint(
-        monitor="val/mIoU", mode="max", filename="best", save_last=True, auto_insert_metric_name=False
-    )
+def checkpoint_callback() -> Checkpoint:
+    """best.ckpt by val/mIoU and last.ckpt (every epoch, atomic), in the run folder's checkpoints/."""
+    return Checkpoint(monitor="val/mIoU", mode="max", filename="best", save_last=True, auto_insert_metric_name=False)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -1,5 +1,8 @@
 """Parts plugged in by class_path without editing the package: a discriminator, a test callback."""
 
+import os
+import signal
+
 import torch
 from lightning.pytorch import Callback
 from torch import nn
@@ -33,3 +36,14 @@ class DumpWeights(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._dump(trainer, pl_module, "end")
+
+
+class KillAt(Callback):
+    """SIGKILLs its own process at the start of the given epoch and batch: a crash mid-run."""
+
+    def __init__(self, epoch: int, batch: int = 0):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGKILL)

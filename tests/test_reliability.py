@@ -1,0 +1,76 @@
+"""Reproducibility: identical runs, and a run killed with SIGKILL then resumed equals an uninterrupted one."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from seg_gan.cli import main
+
+TESTS = Path(__file__).resolve().parent
+
+
+def run_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "fit", "--data.class_path", "seg_gan.data.CityscapesDataModule", "--data.root", str(root),
+        "--data.batch_size", "4", "--data.num_workers", "0", "--data.crop_size", "[32, 64]",
+        "--data.scale_range", "[0.8, 1.2]", "--model.arch", "Unet", "--model.g_optimizer", "adam",
+        "--trainer.max_epochs", "4", "--trainer.default_root_dir", str(out),
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(out),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra,
+    ]  # fmt: skip
+
+
+def final_state(out: Path) -> dict:
+    checkpoint = torch.load(next(out.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    return checkpoint["state_dict"] | {f"optimizer{i}": s for i, s in enumerate(checkpoint["optimizer_states"])}
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+
+
+def flatten(optimizer_state: dict) -> dict:
+    return {f"{i}.{k}": v for i, state in optimizer_state["state"].items() for k, v in state.items()}
+
+
+@pytest.mark.slow
+def test_two_runs_with_the_same_config_give_identical_weights(cityscapes_root, tmp_path):
+    main(run_args(cityscapes_root, tmp_path / "a", "--trainer.max_epochs", "2"))
+    main(run_args(cityscapes_root, tmp_path / "b", "--trainer.max_epochs", "2"))
+    a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    assert_identical(
+        {k: v for k, v in a.items() if "optimizer" not in k}, {k: v for k, v in b.items() if "optimizer" not in k}
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_an_uninterrupted_run(cityscapes_root, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    command = [sys.executable, "-m", "seg_gan"]
+    whole = subprocess.run([*command, *run_args(cityscapes_root, tmp_path / "whole")], env=env, capture_output=True,
+                           text=True, timeout=600)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    kill = ["--trainer.callbacks+=custom_parts.KillAt", "--trainer.callbacks.epoch=2", "--trainer.callbacks.batch=1"]
+    killed = subprocess.run([*command, *run_args(cityscapes_root, tmp_path / "killed"), *kill], env=env,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    last = next((tmp_path / "killed").rglob("last.ckpt"))
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 1  # saved at the end of epoch 1
+    assert not list((tmp_path / "killed").rglob("*.partial"))
+    resumed = subprocess.run([*command, *run_args(cityscapes_root, tmp_path / "resumed"), "--ckpt_path", str(last)],
+                             env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = torch.load(next((tmp_path / "whole").rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    b = torch.load(next((tmp_path / "resumed").rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    assert a["global_step"] == b["global_step"]
+    assert_identical(a["state_dict"], b["state_dict"])  # every tensor of G and D
+    for state_a, state_b in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
+        assert_identical(flatten(state_a), flatten(state_b))
