@@ -5,12 +5,13 @@ out the same values; a test keeps the two equal).
 """
 
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from seg_gan.callbacks import Checkpoint, PredictionWriter, SaveConfig, WandbMedia
 from seg_gan.data import SegmentationDataModule
-from seg_gan.errors import clean_message, find_user_error
+from seg_gan.errors import UserError, clean_message, find_user_error
 from seg_gan.module import SegGAN
 
 # The embedded default run: synthetic street scenes, a small fast generator, Adam.
@@ -42,6 +43,19 @@ class SegGANCLI(LightningCLI):
         parser.set_defaults(DEFAULTS)
         # `predict` writes files: --writer.output_dir, --writer.overwrite, --writer.alpha
         parser.add_class_arguments(PredictionWriter, "writer")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyperparameters here: name a missing or unreadable file
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
+            raise UserError(f"ckpt_path: {ckpt_path!r} is not a file. Expected a checkpoint saved by fit "
+                            "(runs/seg_gan/<run id>/checkpoints/last.ckpt or best.ckpt).")  # fmt: skip
+        try:
+            super()._parse_ckpt_path()
+        except Exception as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"ckpt_path: {ckpt_path!r} could not be read as a checkpoint ({first_line}).") from None
 
     def before_instantiate_classes(self) -> None:
         # Each batch runs two backward passes (D step, G step) and each leaves the other network's

@@ -328,6 +328,12 @@ class SegGAN(pl.LightningModule):
                                 gradient_clip_algorithm="norm")  # fmt: skip
         return norm.detach()
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("hyper_parameters", {}).get("num_classes")
+        if saved is not None and saved != self.num_classes:
+            raise UserError(f"ckpt_path: the checkpoint was trained for {saved} classes, but the data has "
+                            f"{self.num_classes}. Expected a checkpoint trained on this dataset.")  # fmt: skip
+
     def configure_optimizers(self):
         hp = self.hparams
         g_params = self.generator.parameters()

@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -177,3 +180,11 @@ def test_labeled_list_with_unknown_names(cityscapes_root, tmp_path):
     data = CityscapesDataModule(str(cityscapes_root), num_workers=0, crop_size=(32, 64), labeled_list=str(listed))
     with pytest.raises(UserError, match="names 1 images that are not in the training split.*munich_999999"):
         data.setup("fit")
+
+
+@pytest.mark.parametrize("name, count", [("camvid_1-8", 46), ("camvid_1-4", 92), ("camvid_1-2", 184)])
+def test_shipped_camvid_split_lists(name, count):
+    path = Path(__file__).resolve().parents[1] / "configs" / "splits" / f"{name}.txt"
+    names = path.read_text().split()
+    assert len(names) == len(set(names)) == count  # round(fraction x 367) distinct images
+    assert all(re.fullmatch(r"(0001TP|0006R0|0016E5|Seq05VD)_f?\d+", n) for n in names)
