@@ -143,6 +143,14 @@ def test_gpu_benchmark_code_path_runs_on_cpu(capsys):
     assert "channels_last / contiguous speed" in printed and "images/s" in printed
 
 
+def test_step_benchmark_code_path_runs(capsys):
+    from seg_gan.bench.__main__ import main as bench
+
+    bench(["step", "--device", "cpu", "--sizes", "64x64", "--steps", "1", "--warmup", "1", "--batch", "1"])
+    printed = capsys.readouterr().out
+    assert "FLOPs adv/sup" in printed and "speed ratio" in printed
+
+
 def test_semi_supervised_fit_from_the_cli(cityscapes_root, tmp_path):
     out = tmp_path / "semi"
     main(

@@ -41,22 +41,24 @@ class RandomBatches(Dataset):
 
 
 class Timer(pl.Callback):
+    """Times the training batches after `warmup` ones, from batch end to batch end."""
+
     def __init__(self, warmup: int):
-        self.warmup, self.start, self.batches = warmup, None, 0
+        self.warmup, self.start, self.end, self.batches = warmup, None, None, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         if batch_idx + 1 == self.warmup:
             if torch.cuda.is_available():
-                torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             self.start = time.perf_counter()
         elif batch_idx + 1 > self.warmup:
             self.batches += 1
+            self.end = time.perf_counter()
 
     def seconds(self) -> float:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return time.perf_counter() - self.start
+        return self.end - self.start
 
 
 def measure(options: argparse.Namespace, channels_last: bool) -> tuple[float, float]:
