@@ -111,67 +111,29 @@ def test_sweep_definition_names_real_parameters():
 
 def test_bf16_and_channels_last_fit(cityscapes_root, tmp_path):
     out = tmp_path / "bf16"
-    main(
-        [
-            "fit",
-            *tiny_args(
-                cityscapes_root,
-                out,
-                "--trainer.max_steps",
-                "4",
-                "--trainer.precision",
-                "bf16-mixed",
-                "--model.channels_last",
-                "true",
-                "--trainer.limit_val_batches",
-                "1",
-            ),
-        ]
-    )
+    extra = ["--trainer.max_steps", "4", "--trainer.precision", "bf16-mixed", "--model.channels_last", "true"]
+    main(["fit", *tiny_args(cityscapes_root, out, *extra, "--trainer.limit_val_batches", "1")])
     rows = read_metrics(out)
     for key in ["train/loss_ce", "train/loss_adv", "train/loss_d"]:
         values = [float(r[key]) for r in rows if r.get(key)]
         assert values and all(math.isfinite(v) for v in values), key
 
 
-def test_gpu_benchmark_code_path_runs_on_cpu(capsys):
+@pytest.mark.parametrize("args, expected", [
+    (["gpu", "--crop", "64", "64", "--encoder", "resnet18", "--precision", "32"], "channels_last / contiguous speed"),
+    (["step", "--sizes", "64x64"], "FLOPs adv/sup"),
+])  # fmt: skip
+def test_benchmark_code_paths_run_on_cpu(capsys, args, expected):
     from seg_gan.bench.__main__ import main as bench
 
-    bench(["gpu", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch", "1", "--crop", "64", "64",
-           "--encoder", "resnet18", "--precision", "32"])  # fmt: skip
-    printed = capsys.readouterr().out
-    assert "channels_last / contiguous speed" in printed and "images/s" in printed
-
-
-def test_step_benchmark_code_path_runs(capsys):
-    from seg_gan.bench.__main__ import main as bench
-
-    bench(["step", "--device", "cpu", "--sizes", "64x64", "--steps", "1", "--warmup", "1", "--batch", "1"])
-    printed = capsys.readouterr().out
-    assert "FLOPs adv/sup" in printed and "speed ratio" in printed
+    bench([*args, "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch", "1"])
+    assert expected in capsys.readouterr().out
 
 
 def test_semi_supervised_fit_from_the_cli(cityscapes_root, tmp_path):
     out = tmp_path / "semi"
-    main(
-        [
-            "fit",
-            *tiny_args(
-                cityscapes_root,
-                out,
-                "--trainer.max_steps",
-                "4",
-                "--data.labeled_fraction",
-                "0.5",
-                "--data.unlabeled_stream",
-                "true",
-                "--data.batch_size",
-                "2",
-                "--model.semi_start",
-                "1",
-            ),
-        ]
-    )
+    semi_args = ["--data.labeled_fraction", "0.5", "--data.unlabeled_stream", "true", "--model.semi_start", "1"]
+    main(["fit", *tiny_args(cityscapes_root, out, "--trainer.max_steps", "4", "--data.batch_size", "2", *semi_args)])
     rows = read_metrics(out)
     semi = [float(r["train/loss_semi"]) for r in rows if r.get("train/loss_semi")]
     assert len(semi) == 2 and semi[0] == 0  # two batches (4 optimizer steps); self-training starts at batch 1

@@ -9,20 +9,14 @@ from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as offic
 from cityscapesscripts.helpers.labels import id2label
 from conftest import write_cityscapes
 from PIL import Image
+from test_cli import tiny_args
 
 from seg_gan.cli import main
 from seg_gan.inference import predict_logits, sliding
 
 
 def args(root, out, *extra):
-    return [
-        "--data.class_path", "seg_gan.data.CityscapesDataModule", "--data.root", str(root),
-        "--data.batch_size", "4", "--data.num_workers", "0", "--data.crop_size", "[32, 64]",
-        "--data.scale_range", "[1.0, 1.0]", "--model.arch", "Unet", "--model.g_optimizer", "adam",
-        "--model.g_lr", "0.001", "--trainer.default_root_dir", str(out),
-        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(out),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra,
-    ]  # fmt: skip
+    return tiny_args(root, out, "--model.g_optimizer", "adam", "--model.g_lr", "0.001", *extra)
 
 
 @pytest.mark.slow

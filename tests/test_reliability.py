@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import tiny_args
 
 from seg_gan.cli import main
 
@@ -15,14 +16,8 @@ TESTS = Path(__file__).resolve().parent
 
 
 def run_args(root: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "fit", "--data.class_path", "seg_gan.data.CityscapesDataModule", "--data.root", str(root),
-        "--data.batch_size", "4", "--data.num_workers", "0", "--data.crop_size", "[32, 64]",
-        "--data.scale_range", "[0.8, 1.2]", "--model.arch", "Unet", "--model.g_optimizer", "adam",
-        "--trainer.max_epochs", "4", "--trainer.default_root_dir", str(out),
-        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(out),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra,
-    ]  # fmt: skip
+    scaled = ["--data.scale_range", "[0.8, 1.2]", "--model.g_optimizer", "adam", "--trainer.max_epochs", "4"]
+    return ["fit", *tiny_args(root, out, *scaled, *extra)]
 
 
 def final_state(out: Path) -> dict:
