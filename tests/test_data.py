@@ -138,7 +138,7 @@ def test_truncated_png(cityscapes_root):
     data = CityscapesDataModule(str(cityscapes_root), num_workers=0)
     data.setup("validate")
     index = [s.image for s in data.val_set.samples].index(image)
-    with pytest.raises(UserError, match=f"{image.name} could not be decoded"):
+    with pytest.raises(UserError, match=f"{image.name} could not be decoded as an image"):
         data.val_set[index]
 
 

@@ -99,3 +99,19 @@ def test_export_names_a_bad_checkpoint(tmp_path, capsys):
             main(["export", "--ckpt_path", str(path)])
         assert exit_info.value.code == 2 and expected in capsys.readouterr().err
     assert not (tmp_path / "broken.onnx").exists()
+
+
+def test_predict_on_a_folder_of_images_of_any_size(cityscapes_root, tmp_path):
+    main(["fit", *args(cityscapes_root, tmp_path / "fit", "--trainer.max_steps", "2", "--trainer.limit_val_batches",
+                        "0")])  # fmt: skip
+    checkpoint = next((tmp_path / "fit").rglob("last.ckpt"))
+    photos = tmp_path / "photos"
+    (photos / "street").mkdir(parents=True)
+    Image.fromarray(np.zeros((40, 70, 3), np.uint8)).save(photos / "street" / "a.png")
+    Image.fromarray(np.full((50, 60, 3), 128, np.uint8)).save(photos / "b.jpg")
+    out = tmp_path / "out"
+    main(["predict", *args(cityscapes_root, tmp_path / "p"), "--ckpt_path", str(checkpoint),
+          "--data.predict_dir", str(photos), "--writer.output_dir", str(out)])  # fmt: skip
+    assert np.array(Image.open(out / "trainIds" / "photos" / "street" / "a_trainIds.png")).shape == (40, 70)
+    assert np.array(Image.open(out / "labelIds" / "photos" / "b_labelIds.png")).shape == (50, 60)
+    assert np.array(Image.open(out / "color" / "photos" / "b_color.png")).shape == (50, 60, 3)

@@ -113,6 +113,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         labeled_fraction: share of training images whose labels are used, in (0, 1].
         labeled_list: text file of labeled image names, one per line (overrides labeled_fraction).
         split_seed: seed of the labeled subset draw.
+        predict_dir: predict on every PNG/JPEG image under this folder (any size, no labels) instead of
+            a dataset split; outputs mirror its subfolders.
         unlabeled_stream: also feed the training images outside the labeled subset, without labels,
             as a second stream for semi-supervised training (each batch is then a dict with
             "labeled" and "unlabeled"; the epoch has as many batches as the labeled loader).
@@ -143,6 +145,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         labeled_list: str | None = None,
         split_seed: int = 0,
         unlabeled_stream: bool = False,
+        predict_dir: str | None = None,
     ):
         super().__init__()
         crop_size = self.default_crop_size if crop_size is None else crop_size
@@ -164,6 +167,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.eval_size = None if eval_size is None else tuple(eval_size)
         self.labeled_fraction, self.labeled_list, self.split_seed = labeled_fraction, labeled_list, split_seed
         self.unlabeled_stream = unlabeled_stream
+        self.predict_dir = None if predict_dir is None else Path(predict_dir).expanduser()
         self.labeled_names: list[str] = []
         self.unlabeled_samples: list[Sample] = []
 
@@ -215,8 +219,13 @@ class SegmentationDataModule(pl.LightningDataModule):
         if stage == "test":
             self.test_set = self.dataset(self.samples(self.test_split), train=False)
         if stage == "predict":  # labels are not needed (Cityscapes' test labels are placeholders)
-            samples = [Sample(s.image, None, s.name, s.city) for s in self.find_samples(self.predict_split)]
-            check_pairs(samples, f"split {self.predict_split!r} of {self.root}")
+            if self.predict_dir is not None:
+                samples, where = image_folder(self.predict_dir), f"data.predict_dir {str(self.predict_dir)!r}"
+                self.predict_split = self.predict_dir.name
+            else:
+                samples = [Sample(s.image, None, s.name, s.city) for s in self.find_samples(self.predict_split)]
+                where = f"split {self.predict_split!r} of {self.root}"
+            check_pairs(samples, where)
             self.predict_set = self.dataset(samples, train=False)
 
     def write_split(self) -> None:
@@ -288,6 +297,14 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_set, self.eval_batch_size, shuffle=False)
+
+
+def image_folder(folder: Path) -> list[Sample]:
+    """Every PNG/JPEG under `folder`, unlabeled; `city` is the subfolder, so outputs mirror it."""
+    if not folder.is_dir():
+        raise UserError(f"data.predict_dir: {str(folder)!r} is not a folder. Expected a folder of PNG or JPEG images.")
+    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    return [Sample(p, None, p.stem, str(p.parent.relative_to(folder))) for p in images]
 
 
 def check_root(root: str | Path, required: list[str], expected: str) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_png, read_file
+from torchvision.io import ImageReadMode, decode_image, decode_png, read_file
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -31,11 +31,13 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def read_png(path: Path, mode: ImageReadMode) -> torch.Tensor:
-    """Decode a PNG to uint8 [C, H, W] with torchvision's libpng binding (faster than PIL here)."""
+    """Decode a PNG (or, for predictions on a folder, a JPEG) to uint8 [C, H, W] with torchvision's
+    libpng/libjpeg bindings (faster than PIL here)."""
     try:
-        return decode_png(read_file(str(path)), mode=mode)
+        data = read_file(str(path))
+        return decode_png(data, mode=mode) if path.suffix.lower() == ".png" else decode_image(data, mode=mode)
     except RuntimeError as error:
-        raise UserError(f"{path} could not be decoded as PNG ({error}); the file may be truncated.") from None
+        raise UserError(f"{path} could not be decoded as an image ({error}); the file may be truncated.") from None
 
 
 class RandomScaleCrop(v2.Transform):
