@@ -16,8 +16,10 @@ InferenceMode = Literal["whole", "slide"]
 def whole(generator: nn.Module, image: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
     """smp encoders need sides divisible by their output stride (32): pad, run, crop."""
     height, width = image.shape[-2:]
-    padded = F.pad(image, (0, (-width) % 32, 0, (-height) % 32)).contiguous(memory_format=memory_format)
-    return generator(padded)[..., :height, :width]
+    pad_h, pad_w = (-height) % 32, (-width) % 32
+    if pad_h or pad_w:
+        image = F.pad(image, (0, pad_w, 0, pad_h))
+    return generator(image.contiguous(memory_format=memory_format))[..., :height, :width]
 
 
 def sliding(generator: nn.Module, image: torch.Tensor, window: tuple[int, int], stride: tuple[int, int],

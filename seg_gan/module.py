@@ -27,7 +27,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from seg_gan.errors import UserError
-from seg_gan.inference import InferenceMode, predict_logits
+from seg_gan.inference import InferenceMode, predict_logits, whole
 from seg_gan.losses import (
     AdversarialLoss,
     RealEncoding,
@@ -203,12 +203,12 @@ class SegGAN(pl.LightningModule):
         image = image.contiguous(memory_format=self.memory_format)
         optimizers = self.optimizers()
         g_opt, *d_opt = optimizers if isinstance(optimizers, list) else [optimizers]
-        logits = self.generator(image)  # [B, C, H, W], computed once for both steps
+        logits = whole(self.generator, image, self.memory_format)  # [B, C, H, W], once for both steps
         probs = logits.softmax(1)
         u_image = u_logits = u_probs = None
         if unlabeled is not None:
             u_image = unlabeled["image"].contiguous(memory_format=self.memory_format)  # [Bu, 3, H, W]
-            u_logits = self.generator(u_image)  # [Bu, C, H, W]
+            u_logits = whole(self.generator, u_image, self.memory_format)  # [Bu, C, H, W]
             u_probs = u_logits.softmax(1)
         if self.discriminator is not None and batch_idx % self.hparams.d_every_n_batches == 0:
             u_fake = None if u_probs is None else u_probs.detach()

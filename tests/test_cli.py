@@ -166,6 +166,7 @@ def test_default_run_is_configs_synthetic_yaml(capsys):
     (["--model.lambda_adv", "-1"], "model.lambda_adv: -1.0 is below zero"),
     (["--model.encoder_name", "resnet1"], "model.encoder_name: unknown encoder 'resnet1'"),
     (["--data.crop_size", "[0, 64]"], "data.crop_size: [0, 64] must be two positive integers"),
+    (["--data.crop_size", "[16, 64]"], "data.crop_size: [16, 64] is smaller than 32 pixels"),
     (["--data.root", "/nonexistent/cityscapes"], "data.root: '/nonexistent/cityscapes' does not exist"),
 ])  # fmt: skip
 def test_bad_input_exits_with_a_clear_message(cityscapes_root, tmp_path, capsys, args, expected):

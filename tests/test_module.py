@@ -21,9 +21,8 @@ def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> 
 
 
 def fit_one_batch(model: SegGAN, root, max_steps: int = 1, logger=False, **data_args) -> pl.Trainer:
-    data = CityscapesDataModule(
-        str(root), batch_size=2, num_workers=0, crop_size=(32, 64), scale_range=(1, 1), **data_args
-    )
+    settings = {"batch_size": 2, "num_workers": 0, "crop_size": (32, 64), "scale_range": (1, 1)} | data_args
+    data = CityscapesDataModule(str(root), **settings)
     trainer = pl.Trainer(
         max_steps=max_steps,
         limit_val_batches=0,
@@ -210,3 +209,9 @@ def test_d_every_n_batches(cityscapes_root):
     model = SegGAN(num_classes=19, d_every_n_batches=2)
     trainer = fit_one_batch(model, cityscapes_root, max_steps=6)  # batches 0..3: D at 0 and 2
     assert trainer.fit_loop.epoch_loop.total_batch_idx + 1 == 4
+
+
+def test_training_crops_need_not_be_multiples_of_32(cityscapes_root):
+    model = SegGAN(num_classes=19)
+    trainer = fit_one_batch(model, cityscapes_root, max_steps=2, crop_size=(40, 72), scale_range=(1.5, 1.5))
+    assert trainer.global_step == 2

@@ -151,6 +151,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         crop_size = self.default_crop_size if crop_size is None else crop_size
         if min(crop_size) <= 0:
             raise UserError(f"data.crop_size: {list(crop_size)} must be two positive integers (height, width).")
+        if min(crop_size) < 32:
+            raise UserError(f"data.crop_size: {list(crop_size)} is smaller than 32 pixels on a side; expected at "
+                            "least 32x32 (the generator and discriminator downsample by 32).")  # fmt: skip
         if not 0 < scale_range[0] <= scale_range[1]:
             raise UserError(f"data.scale_range: {list(scale_range)} must be (low, high) with 0 < low <= high.")
         if eval_size is not None and min(eval_size) <= 0:
