@@ -120,13 +120,15 @@ def test_bf16_and_channels_last_fit(cityscapes_root, tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["gpu", "--crop", "64", "64", "--encoder", "resnet18", "--precision", "32"], "channels_last / contiguous speed"),
-    (["step", "--sizes", "64x64"], "FLOPs adv/sup"),
+    (["gpu", "--crop", "64", "64", "--encoder", "resnet18", "--precision", "32", "--steps", "1", "--warmup", "1",
+      "--batch", "1"], "channels_last / contiguous speed"),
+    (["step", "--sizes", "64x64", "--steps", "1", "--warmup", "1", "--batch", "1"], "FLOPs adv/sup"),
+    (["inference", "--size", "64", "128", "--images", "1", "--window", "64", "64", "--stride", "32", "32"], "slide"),
 ])  # fmt: skip
 def test_benchmark_code_paths_run_on_cpu(capsys, args, expected):
     from seg_gan.bench.__main__ import main as bench
 
-    bench([*args, "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch", "1"])
+    bench([*args, "--device", "cpu"])
     assert expected in capsys.readouterr().out
 
 
