@@ -74,6 +74,23 @@ def checkpoint_callback() -> Checkpoint:
     return Checkpoint(monitor="val/mIoU", mode="max", filename="best", save_last=True, auto_insert_metric_name=False)
 
 
+def build_cli(args: list[str] | None = None, run: bool = True) -> SegGANCLI:
+    """The CLI as `python -m seg_gan` builds it; with run=False (and no subcommand in `args`) it only
+    builds `cli.datamodule`, `cli.model` and `cli.trainer`, for notebooks and benchmarks."""
+    return SegGANCLI(
+        SegGAN,
+        SegmentationDataModule,
+        subclass_mode_data=True,
+        trainer_defaults={"callbacks": [checkpoint_callback(), WandbMedia()]},
+        save_config_callback=SaveConfig,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        auto_configure_optimizers=False,  # SegGAN builds its own two optimizers
+        args=args,
+        run=run,
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
     try:
@@ -81,17 +98,7 @@ def main(args: list[str] | None = None) -> None:
             from seg_gan.export import main as export
 
             return export(argv[1:])
-        SegGANCLI(
-            SegGAN,
-            SegmentationDataModule,
-            subclass_mode_data=True,
-            trainer_defaults={"callbacks": [checkpoint_callback(), WandbMedia()]},
-            save_config_callback=SaveConfig,
-            save_config_kwargs={"overwrite": True},
-            seed_everything_default=0,
-            auto_configure_optimizers=False,  # SegGAN builds its own two optimizers
-            args=args,
-        )
+        build_cli(args)
     except Exception as error:
         user_error = find_user_error(error)
         if user_error is None:

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import torch
 
-from seg_gan.cli import SegGANCLI, checkpoint_callback
-from seg_gan.data import SegmentationDataModule
-from seg_gan.module import SegGAN
+from seg_gan.cli import build_cli
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "camvid_semi.yaml"
 ARMS = {  # each arm differs from its neighbour in one switch; run in this order
@@ -57,17 +55,11 @@ def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> 
         "--trainer.max_epochs", "-1", "--trainer.max_steps", str(options.batches * optimizers),
         "--trainer.check_val_every_n_epoch", "100000", "--trainer.num_sanity_val_steps", "0",
         "--trainer.default_root_dir", str(run_dir), "--trainer.log_every_n_steps", "10",
-        "--trainer.enable_progress_bar", "false", "--data.persistent_workers", "true", *ARMS[arm],
+        "--trainer.enable_progress_bar", "false", "--data.persistent_workers", "true",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run_dir),
+        *ARMS[arm],
     ]  # fmt: skip
-    cli = SegGANCLI(
-        SegGAN,
-        SegmentationDataModule,
-        subclass_mode_data=True,
-        run=False,
-        args=args,
-        trainer_defaults={"callbacks": [checkpoint_callback()]},
-        auto_configure_optimizers=False,
-    )
+    cli = build_cli(args, run=False)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     train_s = time.perf_counter() - start
