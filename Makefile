@@ -1,7 +1,7 @@
 # seg_gan developer commands; `make help` lists them.
 PYTHON ?= python
 
-.PHONY: help install test test-fast lint format train debug bench-data clean
+.PHONY: help install test test-fast lint format train debug bench-data bench-step bench-inference clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,12 @@ debug:  ## a seconds-long smoke run of fit + validation + checkpointing
 
 bench-data:  ## data-loading benchmark (PNG decode vs full pipeline)
 	$(PYTHON) -m seg_gan.bench data
+
+bench-step:  ## training-step benchmark (seg_gan vs bare loop, adversary cost in time and FLOPs)
+	$(PYTHON) -m seg_gan.bench step
+
+bench-inference:  ## inference benchmark (whole image vs sliding window at full resolution)
+	$(PYTHON) -m seg_gan.bench inference
 
 clean:  ## remove run outputs and caches in this folder
 	rm -rf runs lightning_logs wandb .pytest_cache .ruff_cache
