@@ -85,7 +85,8 @@ def table(out: Path) -> str:
         values = [r["val_mIoU"] for r in rs]
         gap = ""
         if "supervised" in mean and "full" in mean and arm in ("adversarial", "semi"):
-            gap = f"{(mean[arm] - mean['supervised']) / (mean['full'] - mean['supervised']):+.0%}"
+            ceiling = mean["full"] - mean["supervised"]
+            gap = f"{(mean[arm] - mean['supervised']) / ceiling:+.0%}" if ceiling > 0 else "n/a (full <= 1/8)"
         minutes = statistics.mean(r["train_s"] for r in rs) / 60
         lines.append(
             f"| {arm} | {len(rs)} (seeds {','.join(str(r['seed']) for r in rs)}) | {mean[arm]:.4f} | "
