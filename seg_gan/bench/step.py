@@ -110,8 +110,8 @@ def step_flops(options, size: tuple[int, int], lambda_adv: float) -> int:
         loss = F.cross_entropy(logits, target, ignore_index=255)
         if model.discriminator is not None:
             real = encode_real(target, probs.detach(), 255)
-            fake_input = torch.cat([real, probs.detach()]).requires_grad_(False)
-            d_loss = model.discriminator(fake_input, torch.cat([image, image])).mean()
+            d_input = torch.cat([real, probs.detach()])  # [real; fake], as in the D step
+            d_loss = model.discriminator(d_input, torch.cat([image, image])).mean()
             d_loss.backward()
             loss = loss + 0.01 * model.discriminator(probs, image).mean()
         loss.backward()
