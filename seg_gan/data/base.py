@@ -5,7 +5,9 @@ A dataset is a list of `Sample`s (image path, label path or None, name, city). I
 `name` (file stem), `city` (folder; sequence for CamVid).
 """
 
+import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
@@ -34,6 +36,60 @@ class Sample:
     city: str
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) without torch.distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class SeededSampler(DistributedSampler):
+    """Random order and per-item augmentation seeds derived from (seed, epoch, index) alone.
+
+    Yields (index, augmentation seed) pairs; `SegmentationDataset` seeds its random transforms with the
+    second element. The data order and every crop, scale and flip are then the same whatever the number
+    of loader workers, and a run resumed at epoch e (Lightning calls `set_epoch`) replays epoch e exactly.
+    With `num_samples` > dataset size (the cycling unlabeled stream) fresh permutations follow each other;
+    the permutation's number joins the seed so a repeated image gets a new augmentation.
+    Under DDP each process takes every world-size-th item of the one global sequence. (A DistributedSampler
+    subclass only so that Lightning does not wrap it: it shards itself and needs none of the parent's setup.)
+
+    Args:
+        size: dataset length.
+        num_samples: indices per epoch over all processes (default: `size`).
+        seed: base seed (the run's `seed_everything` value).
+        stream: tells apart samplers of one run (labeled 0, unlabeled 1).
+    """
+
+    def __init__(self, size: int, num_samples: int | None = None, seed: int = 0, stream: int = 0):
+        self.size, self.num_samples = size, size if num_samples is None else num_samples
+        self.seed, self.stream, self.epoch = seed, stream, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples // world()[1]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rank, world_size = world()
+        key = [self.seed, self.stream, self.epoch]
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+        for position in range(len(self) * world_size):
+            round_, place = divmod(position, self.size)
+            if place == 0:
+                order = torch.randperm(self.size, generator=generator).tolist()
+            if position % world_size == rank:
+                index = order[place]
+                augment_seed = int(np.random.SeedSequence([*key, index, round_]).generate_state(1)[0])
+                yield index, augment_seed
+
+
+def run_seed() -> int:
+    """The run's seed: Lightning's seed_everything value, else torch's initial seed."""
+    return int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+
+
 class SegmentationDataset(Dataset):
     """Decodes a sample, maps label ids to train ids through `lookup`, applies the joint transform.
 
@@ -50,7 +106,9 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        # (index, augmentation seed) from SeededSampler in training; a plain index in evaluation
+        index, augment_seed = item if isinstance(item, tuple) else (item, None)
         sample = self.samples[index]
         image = tv_tensors.Image(read_png(sample.image, ImageReadMode.RGB))  # [3, H, W] uint8
         if sample.label is None:  # unlabeled image: an all-void mask keeps one item format
@@ -65,7 +123,12 @@ class SegmentationDataset(Dataset):
                     stacklevel=2,
                 )
             mask = torch.from_numpy(self.lookup[ids])  # [H, W] uint8 train ids
-        image, mask = self.transform(image, tv_tensors.Mask(mask))
+        if augment_seed is None:
+            image, mask = self.transform(image, tv_tensors.Mask(mask))
+        else:  # the transforms draw from torch's global generator: seed it here, leave it as it was
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(augment_seed)
+                image, mask = self.transform(image, tv_tensors.Mask(mask))
         return {
             "image": image.as_subclass(torch.Tensor),
             "mask": mask.as_subclass(torch.Tensor).long(),
@@ -242,13 +305,13 @@ class SegmentationDataModule(pl.LightningDataModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(self.labeled_names) + "\n")
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
+        """Training loaders get a SeededSampler (and drop the last incomplete batch)."""
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
-            drop_last=shuffle,
+            drop_last=isinstance(sampler, SeededSampler),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
@@ -260,7 +323,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                 f"data.batch_size: {self.batch_size} is larger than the {len(self.train_set)} "
                 "labeled training images; expected a batch size no larger than that."
             )
-        labeled = self._loader(self.train_set, self.batch_size, shuffle=True)
+        labeled = self._loader(self.train_set, self.batch_size, SeededSampler(len(self.train_set), seed=run_seed()))
         if not self.unlabeled_stream:
             return labeled
         if not self.unlabeled_samples:
@@ -271,26 +334,16 @@ class SegmentationDataModule(pl.LightningDataModule):
         # The unlabeled stream cycles: a sampler drawing exactly one unlabeled batch per labeled batch
         # (fresh permutations when it runs out), so the labeled loader defines the epoch.
         unlabeled_set = self.dataset(self.unlabeled_samples, train=True)
-        sampler = RandomSampler(unlabeled_set, num_samples=len(labeled) * self.batch_size)
-        unlabeled = DataLoader(
-            unlabeled_set,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            drop_last=True,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
+        draws = len(labeled) * self.batch_size * world()[1]  # one unlabeled batch per labeled batch, per process
+        sampler = SeededSampler(len(unlabeled_set), draws, seed=run_seed(), stream=1)
+        unlabeled = self._loader(unlabeled_set, self.batch_size, sampler)
         return CombinedLoader({"labeled": labeled, "unlabeled": unlabeled}, mode="min_size")
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         """Under DDP, each image goes to exactly one process: Lightning's default DistributedSampler
         pads by repeating images, which would count them twice in the confusion matrix."""
-        sampler = None
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            if torch.distributed.get_world_size() > 1:
-                sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
-        return self._loader(dataset, self.eval_batch_size, shuffle=False, sampler=sampler)
+        sampler = UnrepeatedDistributedSampler(dataset, shuffle=False) if world()[1] > 1 else None
+        return self._loader(dataset, self.eval_batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_set)
@@ -299,7 +352,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         return self._eval_loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.predict_set, self.eval_batch_size)
 
 
 def image_folder(folder: Path) -> list[Sample]:
