@@ -88,6 +88,10 @@ class SegGAN(pl.LightningModule):
         max_consecutive_skips: a non-finite G or D loss skips that optimizer step (counted in
             train/skipped_steps); this many skips in a row stop the run with a message.
         d_every_n_batches: update D on every N-th batch only (1 = every batch).
+        g_every_n_batches: update G on every N-th batch only (1 = every batch); with D every batch this
+            is the "several D steps per G step" ratio. Other batches run G without gradients.
+        label_flip: probability that a labeled image's real and fake maps swap roles in D's loss (noisy
+            labels, a stabiliser when D wins too easily; 0 = off).
         instance_noise: std of Gaussian noise added to everything D sees (real and fake maps), a
             common stabiliser when D wins too easily (0 = off).
         collapse_patience: warn when D's accuracy on real vs fake stays above 99% or within 2
@@ -127,6 +131,8 @@ class SegGAN(pl.LightningModule):
         flip_tta: bool = False,
         max_consecutive_skips: int = 10,
         d_every_n_batches: int = 1,
+        g_every_n_batches: int = 1,
+        label_flip: float = 0.0,
         instance_noise: float = 0.0,
         collapse_patience: int = 500,
     ):
@@ -147,10 +153,13 @@ class SegGAN(pl.LightningModule):
                 raise UserError(f"model.{name}: {value} must be positive.")
         if not 0 <= mask_threshold <= 1:
             raise UserError(f"model.mask_threshold: {mask_threshold} is outside [0, 1]; expected a D confidence.")
-        for name, value in [("max_consecutive_skips", max_consecutive_skips), ("d_every_n_batches", d_every_n_batches),
-                            ("collapse_patience", collapse_patience)]:  # fmt: skip
+        at_least_one = {"max_consecutive_skips": max_consecutive_skips, "d_every_n_batches": d_every_n_batches,
+                        "g_every_n_batches": g_every_n_batches, "collapse_patience": collapse_patience}  # fmt: skip
+        for name, value in at_least_one.items():
             if value < 1:
                 raise UserError(f"model.{name}: {value} must be at least 1.")
+        if not 0 <= label_flip < 0.5:
+            raise UserError(f"model.label_flip: {label_flip} is outside [0, 0.5); expected a small probability.")
         if instance_noise < 0:
             raise UserError(f"model.instance_noise: {instance_noise} is below zero; expected a std >= 0.")
         if min(window) <= 0 or min(stride) <= 0:
@@ -210,17 +219,20 @@ class SegGAN(pl.LightningModule):
         image = image.contiguous(memory_format=self.memory_format)
         optimizers = self.optimizers()
         g_opt, *d_opt = optimizers if isinstance(optimizers, list) else [optimizers]
-        logits = whole(self.generator, image, self.memory_format)  # [B, C, H, W], once for both steps
-        probs = logits.softmax(1)
-        u_image = u_logits = u_probs = None
-        if unlabeled is not None:
-            u_image = unlabeled["image"].contiguous(memory_format=self.memory_format)  # [Bu, 3, H, W]
-            u_logits = whole(self.generator, u_image, self.memory_format)  # [Bu, C, H, W]
-            u_probs = u_logits.softmax(1)
+        g_steps = self.discriminator is None or batch_idx % self.hparams.g_every_n_batches == 0
+        with torch.set_grad_enabled(g_steps):  # no G step on this batch: D's fakes need no graph
+            logits = whole(self.generator, image, self.memory_format)  # [B, C, H, W], once for both steps
+            probs = logits.softmax(1)
+            u_image = u_logits = u_probs = None
+            if unlabeled is not None:
+                u_image = unlabeled["image"].contiguous(memory_format=self.memory_format)  # [Bu, 3, H, W]
+                u_logits = whole(self.generator, u_image, self.memory_format)  # [Bu, C, H, W]
+                u_probs = u_logits.softmax(1)
         if self.discriminator is not None and batch_idx % self.hparams.d_every_n_batches == 0:
             u_fake = None if u_probs is None else u_probs.detach()
             self.discriminator_step(d_opt[0], image, target, probs.detach(), u_image, u_fake)
-        self.generator_step(g_opt, image, target, logits, probs, u_image, u_logits, u_probs)
+        if g_steps:
+            self.generator_step(g_opt, image, target, logits, probs, u_image, u_logits, u_probs)
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             scheduler.step()
@@ -239,7 +251,8 @@ class SegGAN(pl.LightningModule):
             real_logits, fake_logits = d_logits[: len(image)], d_logits[len(image) :]
             weight = valid_mask(target, self.ignore_index, real_logits)  # void pixels of the labeled images
             fake_weight = torch.cat([weight, torch.ones_like(fake_logits[len(image) :])])
-            loss_d = discriminator_loss(real_logits, fake_logits, self.adversarial_loss, weight, fake_weight)
+            loss_real, loss_fake = self._flip_labels(real_logits, fake_logits)
+            loss_d = discriminator_loss(loss_real, loss_fake, self.adversarial_loss, weight, fake_weight)
             self._update(d_opt, loss_d, self.discriminator, "d")
         with torch.no_grad():
             d_real = (torch.sigmoid(real_logits) * weight).sum() / weight.sum().clamp(min=1)
@@ -311,6 +324,18 @@ class SegGAN(pl.LightningModule):
                     "trainer.precision 32 (model.max_consecutive_skips sets the patience)."
                 )
         self.log("train/skipped_steps", float(self.skipped_steps))
+
+    def _flip_labels(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """With probability label_flip per labeled image, its real and fake logits swap places in D's
+        loss (same image, same valid pixels, so the weights stay put). Unlabeled fakes never flip."""
+        if self.hparams.label_flip == 0:
+            return real_logits, fake_logits
+        count = len(real_logits)
+        flip = torch.rand(count, device=real_logits.device) < self.hparams.label_flip  # [B]
+        flip = flip.view(-1, *[1] * (real_logits.dim() - 1))
+        labeled_fake = fake_logits[:count]
+        swapped_fake = torch.cat([torch.where(flip, real_logits, labeled_fake), fake_logits[count:]])
+        return torch.where(flip, labeled_fake, real_logits), swapped_fake
 
     def _noisy(self, maps: torch.Tensor) -> torch.Tensor:
         std = self.hparams.instance_noise

@@ -108,8 +108,9 @@ def test_scores_agree_with_torchmetrics_jaccard():
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"lambda_adv": -0.1}, "lambda_adv"), ({"g_lr": 0}, "g_lr"), ({"encoder_name": "resnet19"}, "encoder_name")],
-)
+    [({"lambda_adv": -0.1}, "lambda_adv"), ({"g_lr": 0}, "g_lr"), ({"encoder_name": "resnet19"}, "encoder_name"),
+     ({"label_flip": 0.6}, "label_flip"), ({"g_every_n_batches": 0}, "g_every_n_batches")],
+)  # fmt: skip
 def test_bad_values_name_the_parameter(kwargs, name):
     with pytest.raises(UserError, match=name):
         SegGAN(num_classes=4, **kwargs)
@@ -209,6 +210,35 @@ def test_d_every_n_batches(cityscapes_root):
     model = SegGAN(num_classes=19, d_every_n_batches=2)
     trainer = fit_one_batch(model, cityscapes_root, max_steps=6)  # batches 0..3: D at 0 and 2
     assert trainer.fit_loop.epoch_loop.total_batch_idx + 1 == 4
+
+
+def test_g_every_n_batches(cityscapes_root, monkeypatch):
+    model = SegGAN(num_classes=19, g_every_n_batches=2)
+    g_batches = []
+    original_generator_step = SegGAN.generator_step
+
+    def spy(self, *args):
+        g_batches.append(self.trainer.fit_loop.epoch_loop.total_batch_idx)
+        original_generator_step(self, *args)
+
+    monkeypatch.setattr(SegGAN, "generator_step", spy)
+    trainer = fit_one_batch(model, cityscapes_root, max_steps=6)  # batches 0..3: D every batch, G at 0 and 2
+    assert trainer.fit_loop.epoch_loop.total_batch_idx + 1 == 4 and g_batches == [0, 2]
+
+
+def test_label_flip_swaps_real_and_fake_of_labeled_images_only():
+    torch.manual_seed(0)
+    model = SegGAN(num_classes=4, label_flip=0.3)
+    real, fake = torch.zeros(2000, 1, 2, 2), torch.ones(2010, 1, 2, 2)  # 10 unlabeled fakes at the end
+    new_real, new_fake = model._flip_labels(real, fake)
+    flipped = new_real[:, 0, 0, 0] == 1
+    labeled_fake = new_fake[:2000]
+    assert torch.equal(new_real[flipped], fake[:2000][flipped]) and torch.equal(labeled_fake[flipped], real[flipped])
+    assert torch.equal(new_real[~flipped], real[~flipped])
+    assert torch.equal(labeled_fake[~flipped], fake[:2000][~flipped])
+    assert torch.equal(new_fake[2000:], fake[2000:])
+    assert 0.27 < flipped.float().mean() < 0.33
+    assert SegGAN(num_classes=4)._flip_labels(real, fake)[0] is real  # off by default
 
 
 def test_training_crops_need_not_be_multiples_of_32(cityscapes_root):
