@@ -14,6 +14,7 @@
 import netrc
 import os
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
 import matplotlib
@@ -121,7 +122,47 @@ class Checkpoint(ModelCheckpoint):
       run resumed from a checkpoint taken at an epoch end continues exactly like an uninterrupted one
       (same data order and augmentations).
     - On SIGTERM (SLURM pre-emption, `scancel`), saves `last.ckpt` before the run stops.
+    - `ckpt_path: last` also looks in the other run folders of the same project (each invocation gets
+      a new W&B run id or CSV version, hence a new folder) and takes the newest `last.ckpt`.
+
+    Args:
+        every_n_batches: also write `last.ckpt` every N training batches (null: at epoch ends only).
+            Resuming from such a mid-epoch checkpoint is supported but not bit-exact.
+        monitor: metric that picks `best.ckpt`.
+        mode: 'max' or 'min' of the monitored metric.
+        filename: name of the best checkpoint.
+        save_last: keep `last.ckpt`.
+        dirpath: checkpoint folder (null: `<run folder>/checkpoints`).
     """
+
+    def __init__(
+        self,
+        every_n_batches: int | None = None,
+        monitor: str | None = "val/mIoU",
+        mode: Literal["min", "max"] = "max",
+        filename: str | None = "best",
+        save_last: bool = True,
+        dirpath: str | None = None,
+    ):
+        if every_n_batches is not None and every_n_batches < 1:
+            raise UserError(f"checkpoint.every_n_batches: {every_n_batches} must be at least 1 (or null).")
+        super().__init__(dirpath=dirpath, monitor=monitor, mode=mode, filename=filename, save_last=save_last,
+                         auto_insert_metric_name=False)  # fmt: skip
+        self.every_n_batches = every_n_batches
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        batches = trainer.fit_loop.epoch_loop.total_batch_idx + 1
+        if self.every_n_batches and batches % self.every_n_batches == 0 and self.dirpath is not None:
+            self._save_checkpoint(trainer, os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION))
+
+    def _find_last_checkpoints(self, trainer: pl.Trainer) -> set[str]:
+        found = super()._find_last_checkpoints(trainer)
+        if found or self.dirpath is not None:  # a fixed dirpath is shared by every run already
+            return found
+        own = Path(self._ModelCheckpoint__resolve_ckpt_dir(trainer))  # <save_dir>/<project>/<run>/checkpoints
+        pattern = f"*/{own.name}/{self.CHECKPOINT_NAME_LAST}*{self.FILE_EXTENSION}"
+        return {str(path) for path in own.parent.parent.glob(pattern)}
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         partial = f"{filepath}.partial"

@@ -4,10 +4,12 @@ With no --config, the CLI's defaults are the embedded synthetic run (configs/syn
 out the same values; a test keeps the two equal).
 """
 
+import signal
 import sys
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from seg_gan.callbacks import Checkpoint, PredictionWriter, SaveConfig, WandbMedia
 from seg_gan.data import SegmentationDataModule
@@ -43,6 +45,8 @@ class SegGANCLI(LightningCLI):
         parser.set_defaults(DEFAULTS)
         # `predict` writes files: --writer.output_dir, --writer.overwrite, --writer.alpha
         parser.add_class_arguments(PredictionWriter, "writer")
+        # best.ckpt / last.ckpt, always on: --checkpoint.every_n_batches, --checkpoint.monitor, ...
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyperparameters here: name a missing or unreadable file
@@ -69,11 +73,6 @@ class SegGANCLI(LightningCLI):
         self.trainer.callbacks.append(self.config_init[self.subcommand]["writer"])
 
 
-def checkpoint_callback() -> Checkpoint:
-    """best.ckpt by val/mIoU and last.ckpt (every epoch, atomic), in the run folder's checkpoints/."""
-    return Checkpoint(monitor="val/mIoU", mode="max", filename="best", save_last=True, auto_insert_metric_name=False)
-
-
 def build_cli(args: list[str] | None = None, run: bool = True) -> SegGANCLI:
     """The CLI as `python -m seg_gan` builds it; with run=False (and no subcommand in `args`) it only
     builds `cli.datamodule`, `cli.model` and `cli.trainer`, for notebooks and benchmarks."""
@@ -81,7 +80,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SegGANCLI:
         SegGAN,
         SegmentationDataModule,
         subclass_mode_data=True,
-        trainer_defaults={"callbacks": [checkpoint_callback(), WandbMedia()]},
+        trainer_defaults={"callbacks": [WandbMedia()]},
         save_config_callback=SaveConfig,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
@@ -99,6 +98,9 @@ def main(args: list[str] | None = None) -> None:
 
             return export(argv[1:])
         build_cli(args)
+    except SIGTERMException:  # Lightning exits with status 0 here; a pre-empted run has not finished
+        print("stopped by SIGTERM: last.ckpt was saved; resume with --ckpt_path last", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     except Exception as error:
         user_error = find_user_error(error)
         if user_error is None:

@@ -39,11 +39,12 @@ class DumpWeights(Callback):
 
 
 class KillAt(Callback):
-    """SIGKILLs its own process at the start of the given epoch and batch: a crash mid-run."""
+    """Sends its own process a signal at the start of the given epoch and batch: SIGKILL is a crash
+    mid-run, SIGTERM what SLURM sends before pre-empting a job."""
 
-    def __init__(self, epoch: int, batch: int = 0):
-        self.epoch, self.batch = epoch, batch
+    def __init__(self, epoch: int, batch: int = 0, signal_name: str = "SIGKILL"):
+        self.epoch, self.batch, self.signal = epoch, batch, getattr(signal, signal_name)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), self.signal)

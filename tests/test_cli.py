@@ -64,7 +64,11 @@ def test_fit_then_validate_in_process(cityscapes_root, tmp_path, capsys):
     assert "Per-class IoU (test, epoch" in capsys.readouterr().out
     (label,) = list((cityscapes_root / "gtFine" / "val").rglob("*_labelIds.png"))[:1]
     label.unlink()  # predict needs no labels
-    main(["predict", *tiny_args(cityscapes_root, tmp_path / "predict"), "--ckpt_path", str(best)])
+    predictions = tmp_path / "predictions"
+    main(["predict", *tiny_args(cityscapes_root, tmp_path / "predict"), "--ckpt_path", str(best),
+          "--writer.output_dir", str(predictions)])  # fmt: skip
+    images = list((cityscapes_root / "leftImg8bit" / "val").rglob("*.png"))
+    assert len(list((predictions / "trainIds").rglob("*_trainIds.png"))) == len(images) > 0
 
 
 def test_supervised_baseline_and_custom_discriminator_from_the_cli(cityscapes_root, tmp_path, capsys):
@@ -120,8 +124,8 @@ def test_bf16_and_channels_last_fit(cityscapes_root, tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["gpu", "--crop", "64", "64", "--encoder", "resnet18", "--precision", "32", "--steps", "1", "--warmup", "1",
-      "--batch", "1"], "channels_last / contiguous speed"),
+    (["gpu", "--crop", "64", "64", "--encoder", "resnet18", "--steps", "1", "--warmup", "1", "--batch", "1",
+      "--variants", "fp32", "bf16+channels_last, supervised (no D)"], "| bf16+channels_last, supervised (no D) |"),
     (["step", "--sizes", "64x64", "--steps", "1", "--warmup", "1", "--batch", "1"], "FLOPs adv/sup"),
     (["inference", "--size", "64", "128", "--images", "1", "--window", "64", "64", "--stride", "32", "32"], "slide"),
 ])  # fmt: skip
@@ -213,3 +217,20 @@ def test_training_drives_val_miou_up(cityscapes_root, tmp_path):
     mious = [float(r["val/mIoU"]) for r in read_metrics(tmp_path / "learn") if r.get("val/mIoU")]
     assert len(mious) == 2
     assert mious[-1] > 0.8 and mious[-1] > untrained + 0.3, (untrained, mious)
+
+
+def test_semi_benchmark_scales_camvid_once(camvid_root, tmp_path):
+    from torchvision.io import decode_png, read_file
+
+    from seg_gan.bench.semi import scaled_copy
+
+    copy = scaled_copy(camvid_root, tmp_path, [24, 32])
+    for folder in ("train", "trainannot", "val", "valannot"):
+        originals = sorted((camvid_root / folder).glob("*.png"))
+        assert [p.name for p in sorted((copy / folder).glob("*.png"))] == [p.name for p in originals]
+        original, scaled = (decode_png(read_file(str(d / folder / originals[0].name))) for d in (camvid_root, copy))
+        assert scaled.shape[-2:] == (24, 32) and scaled.shape[0] == original.shape[0]
+        if folder.endswith("annot"):  # nearest: no new label values
+            assert set(scaled.unique().tolist()) <= set(original.unique().tolist())
+    stamp = (copy / "DONE").stat().st_mtime_ns
+    assert scaled_copy(camvid_root, tmp_path, [24, 32]) == copy and (copy / "DONE").stat().st_mtime_ns == stamp

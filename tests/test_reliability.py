@@ -1,5 +1,6 @@
 """Reproducibility: identical runs, and a run killed with SIGKILL then resumed equals an uninterrupted one."""
 
+import csv
 import os
 import signal
 import subprocess
@@ -70,3 +71,48 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(cityscapes_root, tmp_pa
     assert_identical(a["state_dict"], b["state_dict"])  # every tensor of G and D
     for state_a, state_b in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
         assert_identical(flatten(state_a), flatten(state_b))
+
+
+def run_subprocess(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    return subprocess.run([sys.executable, "-m", "seg_gan", *args], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+
+
+def kill_at(epoch: int, batch: int, signal_name: str) -> list[str]:
+    return ["--trainer.callbacks+=custom_parts.KillAt", f"--trainer.callbacks.epoch={epoch}",
+            f"--trainer.callbacks.batch={batch}", f"--trainer.callbacks.signal_name={signal_name}"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigterm_saves_last_ckpt_before_exiting_and_the_run_resumes(cityscapes_root, tmp_path):
+    # batch 2: 4 batches per epoch; SIGTERM at the start of epoch 1's third batch
+    args = run_args(cityscapes_root, tmp_path / "run", "--data.batch_size", "2", "--trainer.max_epochs", "2")
+    stopped = run_subprocess([*args, *kill_at(1, 2, "SIGTERM")])
+    assert stopped.returncode == 128 + signal.SIGTERM and "resume with --ckpt_path last" in stopped.stderr
+    (last,) = list((tmp_path / "run").rglob("last.ckpt"))
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == 1 and checkpoint["global_step"] > 2 * 4  # mid epoch 1, not epoch 0's end
+    resumed = run_subprocess([*args, "--ckpt_path", "last"])  # a new run folder finds it
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Restoring states from the checkpoint path" in resumed.stdout + resumed.stderr
+    finals = [torch.load(p, map_location="cpu", weights_only=False) for p in (tmp_path / "run").rglob("last.ckpt")]
+    assert max(c["global_step"] for c in finals) == 2 * 4 * 2  # 2 epochs x 4 batches x (G + D)
+
+
+@pytest.mark.slow
+def test_last_ckpt_every_n_batches_survives_a_crash_mid_epoch(cityscapes_root, tmp_path):
+    args = run_args(cityscapes_root, tmp_path / "run", "--data.batch_size", "2", "--checkpoint.every_n_batches", "2")
+    killed = run_subprocess([*args, *kill_at(0, 3, "SIGKILL")])  # epoch 0 never ends
+    assert killed.returncode == -signal.SIGKILL
+    (last,) = list((tmp_path / "run").rglob("last.ckpt"))
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2 * 2  # after batch 2
+    assert not list((tmp_path / "run").rglob("*.partial"))
+
+
+def test_ckpt_path_last_resumes_from_the_newest_run_folder(cityscapes_root, tmp_path, capsys):
+    main(["fit", *tiny_args(cityscapes_root, tmp_path, "--trainer.max_epochs", "1")])
+    main(["fit", *tiny_args(cityscapes_root, tmp_path, "--trainer.max_epochs", "2"), "--ckpt_path", "last"])
+    second = max(tmp_path.rglob("metrics.csv"), key=lambda p: p.parent.name)  # version_1
+    epochs = {int(float(row["epoch"])) for row in csv.DictReader(second.open()) if row.get("epoch")}
+    assert epochs == {1}  # resumed after epoch 0 instead of starting again
