@@ -12,6 +12,9 @@ Semi-supervised (Hung et al. 2018), when the batch also holds unlabeled images (
   G also runs on the unlabeled images; D's fake batch includes those predictions; G gets
   lambda_semi_adv x adversarial loss on them, and from batch `semi_start` on lambda_semi x
   cross-entropy against its own argmax where D's confidence sigmoid(D) > mask_threshold.
+  semi_method "s4gan" (Mittal et al. 2019) replaces the unlabeled adversarial term by feature matching
+  (lambda_fm x |mean D features of real labeled maps - mean D features of unlabeled predictions|) with the
+  image-level D, whose per-image score then picks the unlabeled images that self-train as a whole.
 With two optimizers Lightning's `global_step` advances twice per batch; schedules count batches.
 """
 
@@ -72,7 +75,12 @@ class SegGAN(pl.LightningModule):
         d_betas: Adam betas of D.
         lambda_semi_adv: weight of the adversarial loss on unlabeled images (semi-supervised).
         lambda_semi: weight of the self-training loss on unlabeled images (semi-supervised).
-        mask_threshold: D confidence above which an unlabeled pixel's own argmax is a target.
+        mask_threshold: D confidence above which an unlabeled pixel's own argmax is a target (with an
+            image-level D, as in s4GAN, the whole image's).
+        semi_method: 'hung' (Hung et al. 2018: adversarial loss on unlabeled predictions, per-pixel
+            confidence mask) or 's4gan' (Mittal et al. 2019: feature matching instead, with the 'image'
+            D; paper values: mask_threshold 0.6, lambda_semi 1.0, lambda_fm 0.1).
+        lambda_fm: weight of s4GAN's feature-matching loss (semi_method 's4gan' only).
         semi_start: training batch (not optimizer step) from which the self-training loss is on.
         poly_power: poly schedule lr = base * (1 - batch / total_batches) ** power, for G and D.
         gradient_clip_val: clip G's and D's gradient norm to this value (null = off).
@@ -120,6 +128,8 @@ class SegGAN(pl.LightningModule):
         lambda_semi_adv: float = 0.001,
         lambda_semi: float = 0.1,
         mask_threshold: float = 0.2,
+        semi_method: Literal["hung", "s4gan"] = "hung",
+        lambda_fm: float = 0.1,
         semi_start: int = 5000,
         poly_power: float = 0.9,
         gradient_clip_val: float | None = None,
@@ -141,6 +151,7 @@ class SegGAN(pl.LightningModule):
             "lambda_adv": lambda_adv,
             "lambda_semi_adv": lambda_semi_adv,
             "lambda_semi": lambda_semi,
+            "lambda_fm": lambda_fm,
             "semi_start": semi_start,
             "g_weight_decay": g_weight_decay,
             "poly_power": poly_power,
@@ -179,6 +190,11 @@ class SegGAN(pl.LightningModule):
                 self.discriminator = build_discriminator(discriminator, num_classes, spectral_norm)
             else:
                 self.discriminator = discriminator(num_classes)
+        if semi_method == "s4gan" and self.discriminator is not None and not hasattr(self.discriminator, "features"):
+            raise UserError(
+                "model.semi_method: 's4gan' matches D's features, but this discriminator has no "
+                "features(probs, image) method; expected model.discriminator 'image' (or a class with one)."
+            )
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.generator.to(memory_format=torch.channels_last)
@@ -274,16 +290,25 @@ class SegGAN(pl.LightningModule):
                 loss_g = loss_g + self.lambda_adv * loss_adv
                 self.log("train/loss_adv", loss_adv.detach())
             if u_logits is not None:
-                loss_g = loss_g + self.semi_supervised_loss(u_image, u_logits, u_probs)
+                loss_g = loss_g + self.semi_supervised_loss(u_image, u_logits, u_probs, image, target, probs)
             self._update(g_opt, loss_g, self.generator, "g")
         self.log("train/loss_ce", loss_ce.detach(), prog_bar=True)
         self.log("train/loss_g", loss_g.detach())
 
-    def semi_supervised_loss(self, u_image, u_logits, u_probs) -> torch.Tensor:
-        """Hung et al. 2018 on unlabeled images: adversarial loss + self-training where D is confident."""
+    def semi_supervised_loss(self, u_image, u_logits, u_probs, image, target, probs) -> torch.Tensor:
+        """Unlabeled images: an adversarial term (Hung) or feature matching (s4GAN), and self-training
+        on the argmax where D is confident. image/target/probs: the labeled batch (real maps for s4GAN)."""
         hp = self.hparams
         u_d = self.discriminator(u_probs, u_image)  # [Bu, 1, H, W] (or [Bu, 1, 1, 1] for an image D)
-        loss_semi_adv = generator_adversarial_loss(u_d, self.adversarial_loss, torch.ones_like(u_d))
+        if hp.semi_method == "s4gan":
+            real = encode_real(target, probs.detach(), self.ignore_index, self.real_encoding)  # [B, C, H, W]
+            real_features = self.discriminator.features(real, image).mean(0)  # [F]
+            fake_features = self.discriminator.features(u_probs, u_image).mean(0)  # [F]
+            loss_unlabeled = (real_features.detach() - fake_features).abs().mean()
+            weight, name = hp.lambda_fm, "train/loss_fm"
+        else:
+            loss_unlabeled = generator_adversarial_loss(u_d, self.adversarial_loss, torch.ones_like(u_d))
+            weight, name = hp.lambda_semi_adv, "train/loss_semi_adv"
         with torch.no_grad():
             confident = torch.sigmoid(u_d) > hp.mask_threshold  # D says "looks like ground truth"
             if confident.shape[-2:] != u_logits.shape[-2:]:  # patch/image D: spread over the pixels
@@ -297,12 +322,12 @@ class SegGAN(pl.LightningModule):
             loss_semi = u_logits.new_zeros(())
         self.log_dict(
             {
-                "train/loss_semi_adv": loss_semi_adv.detach(),
+                name: loss_unlabeled.detach(),
                 "train/loss_semi": loss_semi.detach(),
                 "train/semi_mask_ratio": confident.float().mean(),
             }
         )
-        return hp.lambda_semi_adv * loss_semi_adv + hp.lambda_semi * loss_semi
+        return weight * loss_unlabeled + hp.lambda_semi * loss_semi
 
     def _update(self, optimizer, loss: torch.Tensor, module: nn.Module, which: str) -> None:
         """Backward, clip, step; a non-finite loss skips the step (on every process alike)."""

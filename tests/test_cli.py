@@ -174,6 +174,7 @@ def test_default_run_is_configs_synthetic_yaml(capsys):
     (["--data.crop_size", "[0, 64]"], "data.crop_size: [0, 64] must be two positive integers"),
     (["--data.crop_size", "[16, 64]"], "data.crop_size: [16, 64] is smaller than 32 pixels"),
     (["--data.root", "/nonexistent/cityscapes"], "data.root: '/nonexistent/cityscapes' does not exist"),
+    (["--checkpoint.every_n_batches", "0"], "checkpoint.every_n_batches: 0 must be at least 1"),
 ])  # fmt: skip
 def test_bad_input_exits_with_a_clear_message(cityscapes_root, tmp_path, capsys, args, expected):
     with pytest.raises(SystemExit) as exit_info:

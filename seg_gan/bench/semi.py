@@ -28,13 +28,24 @@ ARMS = {  # each arm differs from its neighbour in one switch; run in this order
     "full": ["--model.lambda_adv", "0", "--data.unlabeled_stream", "false", "--data.labeled_fraction", "1.0"],
     "semi": [],
     "adversarial": ["--data.unlabeled_stream", "false"],
+    # Mittal et al. 2019 with its paper values (not in the default grid; `--arms s4gan` runs it)
+    "s4gan": [
+        "--model.semi_method",
+        "s4gan",
+        "--model.discriminator",
+        "image",
+        "--model.mask_threshold",
+        "0.6",
+        "--model.lambda_semi",
+        "1.0",
+    ],
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default="../shared/data/camvid", help="CamVid folder (SegNet layout)")
     parser.add_argument("--out", type=Path, default=Path("bench_results/semi"), help="result folder")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=["supervised", "full", "semi", "adversarial"], choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--batches", type=int, default=1000, help="training batches per run")
     parser.add_argument(
@@ -114,7 +125,7 @@ def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> 
 
 def table(out: Path) -> str:
     results = [json.loads(path.read_text()) for path in sorted(out.glob("*-seed*.json"))]
-    order = ["supervised", "adversarial", "semi", "full"]
+    order = ["supervised", "adversarial", "semi", "s4gan", "full"]
     by_arm = {arm: [r for r in results if r["arm"] == arm] for arm in order}
     mean = {arm: statistics.mean(r["val_mIoU"] for r in rs) for arm, rs in by_arm.items() if rs}
     lines = [
@@ -126,7 +137,7 @@ def table(out: Path) -> str:
             continue
         values = [r["val_mIoU"] for r in rs]
         gap = ""
-        if "supervised" in mean and "full" in mean and arm in ("adversarial", "semi"):
+        if "supervised" in mean and "full" in mean and arm in ("adversarial", "semi", "s4gan"):
             ceiling = mean["full"] - mean["supervised"]
             gap = f"{(mean[arm] - mean['supervised']) / ceiling:+.0%}" if ceiling > 0 else "n/a (full <= 1/8)"
         minutes = statistics.mean(r["train_s"] for r in rs) / 60

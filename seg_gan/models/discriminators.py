@@ -62,13 +62,16 @@ class ImageDiscriminator(nn.Module):
         layers: list[nn.Module] = []
         for in_ch, out_ch in zip(channels[:-1], channels[1:], strict=True):
             layers += [_conv(in_ch, out_ch, 2, spectral_norm), nn.LeakyReLU(0.2, inplace=True)]
-        self.features = nn.Sequential(*layers)
+        self.convs = nn.Sequential(*layers)
         head = nn.Linear(channels[-1], 1)
         self.head = apply_spectral_norm(head) if spectral_norm else head
 
+    def features(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """[B, 8*width] pooled features before the head (s4GAN matches their means)."""
+        return self.convs(torch.cat([probs, image], 1)).mean((2, 3))
+
     def forward(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        features = self.features(torch.cat([probs, image], 1)).mean((2, 3))  # [B, 8*width]
-        return self.head(features)[:, :, None, None]  # [B, 1, 1, 1]
+        return self.head(self.features(probs, image))[:, :, None, None]  # [B, 1, 1, 1]
 
 
 class PatchDiscriminator(nn.Module):
