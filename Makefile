@@ -1,10 +1,11 @@
 # seg_gan developer commands; `make help` lists them.
 PYTHON ?= python
+CAMVID ?= ../shared/data/camvid
 
-.PHONY: help install test test-fast lint format train debug bench-data bench-step bench-inference clean
+.PHONY: help install test test-fast lint format train debug bench-data bench-step bench-inference bench-gpu bench-semi clean
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 install:  ## install the project and the dev tools (editable)
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -37,6 +38,12 @@ bench-step:  ## training-step benchmark (seg_gan vs bare loop, adversary cost in
 
 bench-inference:  ## inference benchmark (whole image vs sliding window at full resolution)
 	$(PYTHON) -m seg_gan.bench inference
+
+bench-gpu:  ## GPU training step: fp32, bf16, channels_last, cudnn.benchmark, torch.compile (needs CUDA)
+	$(PYTHON) -m seg_gan.bench gpu
+
+bench-semi:  ## the CamVid semi-supervised grid (CAMVID=path; needs the experiments extra; hours on a CPU)
+	$(PYTHON) -m seg_gan.bench semi --root $(CAMVID)
 
 clean:  ## remove run outputs and caches in this folder
 	rm -rf runs lightning_logs wandb .pytest_cache .ruff_cache
