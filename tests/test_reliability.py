@@ -116,3 +116,18 @@ def test_ckpt_path_last_resumes_from_the_newest_run_folder(cityscapes_root, tmp_
     second = max(tmp_path.rglob("metrics.csv"), key=lambda p: p.parent.name)  # version_1
     epochs = {int(float(row["epoch"])) for row in csv.DictReader(second.open()) if row.get("epoch")}
     assert epochs == {1}  # resumed after epoch 0 instead of starting again
+
+
+def test_checkpoint_keeps_the_labeled_split_and_refuses_another(cityscapes_root, tmp_path, capsys):
+    half = ["--data.labeled_fraction", "0.5", "--trainer.max_epochs", "1"]
+    main(["fit", *tiny_args(cityscapes_root, tmp_path / "a", *half)])
+    (last,) = list((tmp_path / "a").rglob("last.ckpt"))
+    state = torch.load(last, map_location="cpu", weights_only=False)["CityscapesDataModule"]
+    written = next((tmp_path / "a").rglob("labeled_split.txt")).read_text().split()
+    assert state["labeled_names"] == written and len(written) == 4
+    other = tiny_args(cityscapes_root, tmp_path / "b", *half, "--data.split_seed", "1", "--trainer.max_epochs", "2")
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *other, "--ckpt_path", str(last)])
+    assert stop.value.code == 2
+    assert "ckpt_path: the checkpoint was trained on another labeled subset" in capsys.readouterr().err
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 0  # untouched

@@ -294,6 +294,20 @@ class SegmentationDataModule(pl.LightningDataModule):
             check_pairs(samples, where)
             self.predict_set = self.dataset(samples, train=False)
 
+    def state_dict(self) -> dict:
+        """Stored in checkpoints: the labeled subset the run trained on."""
+        return {"labeled_names": list(self.labeled_names)}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("labeled_names") or []
+        if saved and self.labeled_names and sorted(saved) != sorted(self.labeled_names):
+            raise UserError(
+                f"ckpt_path: the checkpoint was trained on another labeled subset ({len(saved)} images, e.g. "
+                f"{sorted(set(saved) - set(self.labeled_names))[:3]} are not in this run's {len(self.labeled_names)}). "
+                "Expected the same data.labeled_fraction, data.split_seed and data.labeled_list as the run being "
+                "resumed, or data.labeled_list pointing at that run's labeled_split.txt."
+            )
+
     def write_split(self) -> None:
         """Keep the labeled names next to the run's outputs, so the run can be reproduced."""
         from seg_gan.callbacks import run_dir
