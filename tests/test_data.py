@@ -188,3 +188,17 @@ def test_shipped_camvid_split_lists(name, count):
     names = path.read_text().split()
     assert len(names) == len(set(names)) == count  # round(fraction x 367) distinct images
     assert all(re.fullmatch(r"(0001TP|0006R0|0016E5|Seq05VD)_f?\d+", n) for n in names)
+
+
+SPLITS = Path(__file__).resolve().parents[1] / "configs" / "splits"
+
+
+@pytest.mark.parametrize("name, fraction, count", [("1-8", 0.125, 372), ("1-4", 0.25, 744), ("1-2", 0.5, 1488)])
+def test_shipped_cityscapes_split_lists(name, fraction, count):
+    train = (SPLITS / "cityscapes_train.txt").read_text().split()
+    cities = {n.split("_")[0] for n in train}
+    assert len(train) == len(set(train)) == 2975 and len(cities) == 18
+    assert not cities & {"frankfurt", "lindau", "munster"}  # the val cities
+    listed = (SPLITS / f"cityscapes_{name}.txt").read_text().split()
+    assert len(listed) == count and set(listed) <= set(train)
+    assert listed == choose_labeled(train, fraction, seed=0)  # = --data.labeled_fraction F --data.split_seed 0
