@@ -4,6 +4,7 @@ With no --config, the CLI's defaults are the embedded synthetic run (configs/syn
 out the same values; a test keeps the two equal).
 """
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -68,9 +69,36 @@ class SegGANCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.strategy == "ddp":
             config.trainer.strategy = "ddp_find_unused_parameters_true"
+        if self.subcommand is not None:  # output folders: fail now, naming them, not mid-run
+            logger = config.trainer.logger
+            save_dir = logger.get("init_args", {}).get("save_dir") if hasattr(logger, "get") else None
+            check_writable("trainer.default_root_dir", config.trainer.default_root_dir)
+            check_writable("trainer.logger.save_dir", save_dir)
+            check_writable("checkpoint.dirpath", config.checkpoint.dirpath)
 
     def before_predict(self) -> None:
         self.trainer.callbacks.append(self.config_init[self.subcommand]["writer"])
+
+
+def check_writable(name: str, folder: str | None) -> None:
+    """UserError naming the argument when `folder` could not be created or written into (checked on
+    its nearest existing ancestor, so nothing is created here)."""
+    if not folder:
+        return
+    path = Path(folder).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        reason = f"{str(existing)!r} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"{str(existing)!r} is read-only"
+    else:
+        return
+    raise UserError(
+        f"{name}: cannot write into {str(path)!r} ({reason}). Expected a folder that can be created and "
+        "written to, e.g. a path under your home or scratch folder."
+    )
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> SegGANCLI:

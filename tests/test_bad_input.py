@@ -59,6 +59,18 @@ def test_unwritable_prediction_folder(cityscapes_root, tmp_path, capsys, trained
     assert blocker.read_text() == "not a folder"
 
 
+RUN_FOLDERS = ["--trainer.default_root_dir", "--trainer.logger.save_dir", "--checkpoint.dirpath"]
+
+
+@pytest.mark.parametrize("argument", RUN_FOLDERS)
+def test_unwritable_run_folder(cityscapes_root, tmp_path, capsys, argument):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = [*tiny_args(cityscapes_root, tmp_path / "run"), argument, str(blocker / "runs")]
+    fails_with(capsys, ["fit", *args], f"{argument[2:]}: cannot write into")
+    assert blocker.read_text() == "not a folder" and not (tmp_path / "run").exists()
+
+
 def test_readme_bad_input_table_points_at_real_tests():
     table = (REPO / "README.md").read_text().split("### Bad input", 1)[1].split("\n## ", 1)[0]
     names = re.findall(r"`(test_\w+)`", table)
