@@ -235,3 +235,18 @@ def test_semi_benchmark_scales_camvid_once(camvid_root, tmp_path):
             assert set(scaled.unique().tolist()) <= set(original.unique().tolist())
     stamp = (copy / "DONE").stat().st_mtime_ns
     assert scaled_copy(camvid_root, tmp_path, [24, 32]) == copy and (copy / "DONE").stat().st_mtime_ns == stamp
+
+
+def test_semi_benchmark_table_from_result_files(tmp_path):
+    import json
+
+    from seg_gan.bench.semi import table
+
+    for arm, seed, miou in [("supervised", 0, 0.50), ("supervised", 1, 0.52), ("full", 0, 0.61),
+                            ("semi", 0, 0.54), ("semi", 1, 0.54)]:  # fmt: skip
+        result = {"arm": arm, "seed": seed, "val_mIoU": miou, "train_s": 60.0}
+        (tmp_path / f"{arm}-seed{seed}.json").write_text(json.dumps(result))
+    rows = {line.split(" | ")[0].strip("| "): line for line in table(tmp_path).splitlines()[2:]}
+    assert list(rows) == ["supervised", "semi", "full"]  # arms without files are left out
+    assert "| 0.5100 | 0.5000-0.5200 | 0.0141 |" in rows["supervised"]
+    assert "| +30% |" in rows["semi"]  # (0.54 - 0.51) / (0.61 - 0.51)

@@ -129,8 +129,8 @@ def table(out: Path) -> str:
     by_arm = {arm: [r for r in results if r["arm"] == arm] for arm in order}
     mean = {arm: statistics.mean(r["val_mIoU"] for r in rs) for arm, rs in by_arm.items() if rs}
     lines = [
-        "| arm | runs | val mIoU mean | spread (min-max) | share of 1/8-to-full gap closed | train time / run |",
-        "|---|---|---|---|---|---|",
+        "| arm | runs | val mIoU mean | spread (min-max) | std | share of 1/8-to-full gap closed | train time / run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for arm, rs in by_arm.items():
         if not rs:
@@ -141,9 +141,10 @@ def table(out: Path) -> str:
             ceiling = mean["full"] - mean["supervised"]
             gap = f"{(mean[arm] - mean['supervised']) / ceiling:+.0%}" if ceiling > 0 else "n/a (full <= 1/8)"
         minutes = statistics.mean(r["train_s"] for r in rs) / 60
+        std = f"{statistics.stdev(values):.4f}" if len(values) > 1 else "-"
         lines.append(
             f"| {arm} | {len(rs)} (seeds {','.join(str(r['seed']) for r in rs)}) | {mean[arm]:.4f} | "
-            f"{min(values):.4f}-{max(values):.4f} | {gap} | {minutes:.1f} min |"
+            f"{min(values):.4f}-{max(values):.4f} | {std} | {gap} | {minutes:.1f} min |"
         )
     return "\n".join(lines)
 
