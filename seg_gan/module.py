@@ -86,8 +86,8 @@ class SegGAN(pl.LightningModule):
         gradient_clip_val: clip G's and D's gradient norm to this value (null = off).
         channels_last: run G and D in the channels_last memory format (faster convolutions on
             recent GPUs and some CPUs).
-        compile_models: torch.compile G and D (in place: checkpoint keys do not change). The first
-            batches are slow while kernels compile; pays off on long GPU runs.
+        compile_models: torch.compile G and D (in place: checkpoint keys do not change). Measured slower
+            than eager on an H100 (README, Benchmarks: gpu), so off by default.
         inference: validation/test/predict on the 'whole' image, or a sliding window ('slide') for
             models trained on crops.
         window: sliding window (height, width).
