@@ -202,3 +202,24 @@ def test_shipped_cityscapes_split_lists(name, fraction, count):
     listed = (SPLITS / f"cityscapes_{name}.txt").read_text().split()
     assert len(listed) == count and set(listed) <= set(train)
     assert listed == choose_labeled(train, fraction, seed=0)  # = --data.labeled_fraction F --data.split_seed 0
+
+
+def test_all_void_training_labels_are_refused_at_setup(cityscapes_root):
+    labels = sorted((cityscapes_root / "gtFine" / "train").rglob("*_labelIds.png"))
+    for label in labels:  # label id 0 ('unlabeled') everywhere: every pixel is void
+        Image.fromarray(np.zeros((32, 64), np.uint8)).save(label)
+    data = CityscapesDataModule(str(cityscapes_root), num_workers=0, crop_size=(32, 64))
+    with pytest.raises(UserError, match=r"the labeled training images: all 8 label files checked \(.*"
+                       rf"{labels[0].name}.* and 5 more\) hold only void pixels"):  # fmt: skip
+        data.setup("fit")
+
+
+def test_all_void_validation_labels_are_refused_and_a_normal_split_reads_one_label(cityscapes_root):
+    labels = sorted((cityscapes_root / "gtFine" / "val").rglob("*_labelIds.png"))
+    for label in labels[1:]:  # only the first file is decoded: the others could not be
+        label.write_bytes(label.read_bytes()[:60])  # (their headers are intact)
+    CityscapesDataModule(str(cityscapes_root), num_workers=0).setup("validate")
+    for label in labels:
+        Image.fromarray(np.full((32, 64), 3, np.uint8)).save(label)  # 'out of roi': void
+    with pytest.raises(UserError, match=r"split 'val' of .*: all 3 label files checked .* hold only void pixels"):
+        CityscapesDataModule(str(cityscapes_root), num_workers=0).setup("validate")

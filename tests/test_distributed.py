@@ -10,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from test_eval_batches import SIZES, mixed_cityscapes
 
 from seg_gan.cli import main
 
@@ -71,3 +74,21 @@ def test_ddp_fit_keeps_g_and_d_identical_on_both_processes(cityscapes_root, tmp_
             assert torch.equal(value, end1[key]), key
     moved = [key for key in end0 if key.endswith("weight") and not torch.equal(end0[key], start0[key])]
     assert any(k.startswith("generator.") for k in moved) and any(k.startswith("discriminator.") for k in moved)
+
+
+@pytest.mark.slow
+def test_ddp_evaluates_and_predicts_mixed_sizes_in_batches(tmp_path):
+    # 5 images of 3 sizes over 2 processes: shards [0, 2, 4] and [1, 3], each grouped by size; a padding
+    # sampler would give the second process image 0 again
+    sizes = [*SIZES, (50, 70)]
+    root = mixed_cityscapes(tmp_path / "cs", sizes)
+    main(["validate", *common(root, tmp_path / "one")])  # no checkpoint: the same seeded initial weights
+    run_ddp(["validate", *common(root, tmp_path / "two"), "--data.eval_batch_size", "2"])
+    (single,), (distributed,) = logged(tmp_path / "one", "val/mIoU"), logged(tmp_path / "two", "val/mIoU")
+    assert distributed == pytest.approx(single, rel=1e-6) and single > 0  # from the same confusion counts
+    out = tmp_path / "predictions"
+    run_ddp(["predict", *common(root, tmp_path / "predict"), "--data.eval_batch_size", "2",
+             "--writer.output_dir", str(out)])  # fmt: skip
+    for index, size in enumerate(sizes):
+        path = out / "trainIds" / "val" / "aachen" / f"aachen_{index:06d}_000019_trainIds.png"
+        assert np.array(Image.open(path)).shape == size

@@ -7,7 +7,6 @@ A dataset is a list of `Sample`s (image path, label path or None, name, city). I
 
 import os
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +15,14 @@ import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
+from seg_gan.data.io import check_labelled, check_pairs, image_size, read_image, read_label
+from seg_gan.data.samplers import BatchSamplerLoader, SeededSampler, SizeGroupedBatchSampler, world
 from seg_gan.data.splits import choose_labeled
-from seg_gan.data.transforms import eval_transform, png_size, read_png, train_transform
+from seg_gan.data.transforms import eval_transform, train_transform
 from seg_gan.errors import UserError
 
 IGNORE_INDEX = 255
@@ -34,55 +34,6 @@ class Sample:
     label: Path | None
     name: str
     city: str
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) without torch.distributed."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-class SeededSampler(DistributedSampler):
-    """Random order and per-item augmentation seeds derived from (seed, epoch, index) alone.
-
-    Yields (index, augmentation seed) pairs; `SegmentationDataset` seeds its random transforms with the
-    second element. The data order and every crop, scale and flip are then the same whatever the number
-    of loader workers, and a run resumed at epoch e (Lightning calls `set_epoch`) replays epoch e exactly.
-    With `num_samples` > dataset size (the cycling unlabeled stream) fresh permutations follow each other;
-    the permutation's number joins the seed so a repeated image gets a new augmentation.
-    Under DDP each process takes every world-size-th item of the one global sequence. (A DistributedSampler
-    subclass only so that Lightning does not wrap it: it shards itself and needs none of the parent's setup.)
-
-    Args:
-        size: dataset length.
-        num_samples: indices per epoch over all processes (default: `size`).
-        seed: base seed (the run's `seed_everything` value).
-        stream: tells apart samplers of one run (labeled 0, unlabeled 1).
-    """
-
-    def __init__(self, size: int, num_samples: int | None = None, seed: int = 0, stream: int = 0):
-        self.size, self.num_samples = size, size if num_samples is None else num_samples
-        self.seed, self.stream, self.epoch = seed, stream, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples // world()[1]
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        rank, world_size = world()
-        key = [self.seed, self.stream, self.epoch]
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
-        for position in range(len(self) * world_size):
-            round_, place = divmod(position, self.size)
-            if place == 0:
-                order = torch.randperm(self.size, generator=generator).tolist()
-            if position % world_size == rank:
-                index = order[place]
-                augment_seed = int(np.random.SeedSequence([*key, index, round_]).generate_state(1)[0])
-                yield index, augment_seed
 
 
 def run_seed() -> int:
@@ -102,19 +53,26 @@ class SegmentationDataset(Dataset):
         self.lookup = lookup
         self.known = known
         self.transform = transform
+        self._sizes: list[tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of every sample's image at its original size, from the file headers (read once)."""
+        if self._sizes is None:
+            self._sizes = [image_size(sample.image) for sample in self.samples]
+        return self._sizes
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         # (index, augmentation seed) from SeededSampler in training; a plain index in evaluation
         index, augment_seed = item if isinstance(item, tuple) else (item, None)
         sample = self.samples[index]
-        image = tv_tensors.Image(read_png(sample.image, ImageReadMode.RGB))  # [3, H, W] uint8
+        image = tv_tensors.Image(read_image(sample.image))  # [3, H, W] uint8
         if sample.label is None:  # unlabeled image: an all-void mask keeps one item format
             mask = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.uint8)
         else:
-            ids = read_png(sample.label, ImageReadMode.GRAY)[0].numpy()  # [H, W] uint8 label ids
+            ids = read_label(sample.label)  # [H, W] uint8 label ids
             unknown = int(np.bincount(ids.ravel(), minlength=256)[~self.known].sum())
             if unknown:
                 warnings.warn(
@@ -137,23 +95,6 @@ class SegmentationDataset(Dataset):
         }
 
 
-def check_pairs(samples: list[Sample], where: str) -> None:
-    """Fail early, naming the file, on a missing label or an image/label size mismatch."""
-    if not samples:
-        raise UserError(f"{where} holds no images. Expected at least one image in this split.")
-    for sample in samples:
-        if sample.label is None:
-            continue
-        if not sample.label.is_file():
-            raise UserError(f"{sample.image} has no label file: expected {sample.label}.")
-        image_size, label_size = png_size(sample.image), png_size(sample.label)
-        if image_size != label_size:
-            raise UserError(
-                f"{sample.image} is {image_size[0]}x{image_size[1]} but its label {sample.label} "
-                f"is {label_size[0]}x{label_size[1]}; expected the same height x width."
-            )
-
-
 class SegmentationDataModule(pl.LightningDataModule):
     """Shared loaders and augmentation; subclasses list the files (`find_samples`) and the classes.
 
@@ -162,7 +103,8 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     Args:
         batch_size: training batch size.
-        eval_batch_size: batch size of validation and test.
+        eval_batch_size: batch size of validation, test and predict; whole images are batched with
+            images of the same original size only (a batch may hold fewer).
         num_workers: DataLoader worker processes.
         pin_memory: pin host memory for faster GPU copies.
         persistent_workers: keep workers alive between epochs.
@@ -251,7 +193,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         return samples
 
     def check_crop(self, samples: list[Sample]) -> None:
-        height, width = png_size(samples[0].image)
+        height, width = image_size(samples[0].image)
         max_h, max_w = height * self.scale_range[1], width * self.scale_range[1]
         if self.crop_size[0] > max_h or self.crop_size[1] > max_w:
             raise UserError(
@@ -278,12 +220,17 @@ class SegmentationDataModule(pl.LightningDataModule):
             )
             chosen = set(self.labeled_names)
             self.train_set = self.dataset([s for s in train if s.name in chosen], train=True)
+            check_labelled(self.train_set.samples, self.lookup, IGNORE_INDEX, "the labeled training images")
             self.unlabeled_samples = [Sample(s.image, None, s.name, s.city) for s in train if s.name not in chosen]
             self.write_split()
         if stage in ("fit", "validate"):
             self.val_set = self.dataset(self.samples("val"), train=False)
+            check_labelled(self.val_set.samples, self.lookup, IGNORE_INDEX, f"split 'val' of {self.root}")
         if stage == "test":
             self.test_set = self.dataset(self.samples(self.test_split), train=False)
+            check_labelled(
+                self.test_set.samples, self.lookup, IGNORE_INDEX, f"split {self.test_split!r} of {self.root}"
+            )
         if stage == "predict":  # labels are not needed (Cityscapes' test labels are placeholders)
             if self.predict_dir is not None:
                 samples, where = image_folder(self.predict_dir), f"data.predict_dir {str(self.predict_dir)!r}"
@@ -319,13 +266,13 @@ class SegmentationDataModule(pl.LightningDataModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(self.labeled_names) + "\n")
 
-    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
-        """Training loaders get a SeededSampler (and drop the last incomplete batch)."""
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler) -> DataLoader:
+        """A training loader: its SeededSampler draws the order; the last incomplete batch is dropped."""
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            drop_last=isinstance(sampler, SeededSampler),
+            drop_last=True,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
@@ -353,11 +300,25 @@ class SegmentationDataModule(pl.LightningDataModule):
         unlabeled = self._loader(unlabeled_set, self.batch_size, sampler)
         return CombinedLoader({"labeled": labeled, "unlabeled": unlabeled}, mode="min_size")
 
-    def _eval_loader(self, dataset: Dataset) -> DataLoader:
-        """Under DDP, each image goes to exactly one process: Lightning's default DistributedSampler
-        pads by repeating images, which would count them twice in the confusion matrix."""
-        sampler = UnrepeatedDistributedSampler(dataset, shuffle=False) if world()[1] > 1 else None
-        return self._loader(dataset, self.eval_batch_size, sampler)
+    def _eval_loader(self, dataset: SegmentationDataset) -> DataLoader:
+        """Whole images in batches of one original size (validation, test, predict), each image once.
+
+        Under DDP, each image goes to exactly one process: Lightning's default DistributedSampler pads by
+        repeating images, which would count them twice in the confusion matrix. Batches are then grouped
+        by size within each process's shard.
+        """
+        if world()[1] > 1:
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        else:
+            sampler = SequentialSampler(dataset)
+        batches = SizeGroupedBatchSampler(sampler, self.eval_batch_size, sizes=dataset.image_sizes())
+        return BatchSamplerLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_set)
@@ -366,7 +327,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         return self._eval_loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set, self.eval_batch_size)
+        return self._eval_loader(self.predict_set)
 
 
 def image_folder(folder: Path) -> list[Sample]:

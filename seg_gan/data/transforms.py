@@ -1,43 +1,17 @@
-"""PNG decoding and the joint image/mask transforms (torchvision.transforms.v2).
+"""The joint image/mask transforms (torchvision.transforms.v2); files are read in `seg_gan.data.io`.
 
 Images travel as uint8 `tv_tensors.Image` [3, H, W] and masks as `tv_tensors.Mask` [H, W] of train
 ids, so every geometric op moves both together (masks always with nearest interpolation).
 """
 
-import struct
-from pathlib import Path
 from typing import Any
 
 import torch
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image, decode_png, read_file
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from seg_gan.errors import UserError
 from seg_gan.models.generator import IMAGENET_MEAN, IMAGENET_STD
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    """(height, width) from a PNG's IHDR chunk, reading 24 bytes; UserError if not a PNG."""
-    with open(path, "rb") as file:
-        head = file.read(24)
-    if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
-        raise UserError(f"{path} is not a readable PNG file (bad or missing PNG header).")
-    width, height = struct.unpack(">II", head[16:24])
-    return height, width
-
-
-def read_png(path: Path, mode: ImageReadMode) -> torch.Tensor:
-    """Decode a PNG (or, for predictions on a folder, a JPEG) to uint8 [C, H, W] with torchvision's
-    libpng/libjpeg bindings (faster than PIL here)."""
-    try:
-        data = read_file(str(path))
-        return decode_png(data, mode=mode) if path.suffix.lower() == ".png" else decode_image(data, mode=mode)
-    except RuntimeError as error:
-        raise UserError(f"{path} could not be decoded as an image ({error}); the file may be truncated.") from None
 
 
 class RandomScaleCrop(v2.Transform):
@@ -122,7 +96,9 @@ class ToNormalizedFloat(v2.Transform):
         self.std = torch.tensor(IMAGENET_STD).mul(255).view(3, 1, 1)
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return tv_tensors.wrap(inpt.float().sub_(self.mean).div_(self.std), like=inpt)
+        # contiguous out of the one copy: decoded images arrive as channels-last views of PIL's pixels
+        floats = inpt.to(torch.float32, memory_format=torch.contiguous_format)
+        return tv_tensors.wrap(floats.sub_(self.mean).div_(self.std), like=inpt)
 
 
 def _to_float() -> list[v2.Transform]:

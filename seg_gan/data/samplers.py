@@ -1,0 +1,122 @@
+"""Samplers: seeded training order (`SeededSampler`) and size-grouped evaluation batches
+(`SizeGroupedBatchSampler`, `BatchSamplerLoader`), both correct under DDP."""
+
+import math
+from collections import Counter
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) without torch.distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class SeededSampler(DistributedSampler):
+    """Random order and per-item augmentation seeds derived from (seed, epoch, index) alone.
+
+    Yields (index, augmentation seed) pairs; `SegmentationDataset` seeds its random transforms with the
+    second element. The data order and every crop, scale and flip are then the same whatever the number
+    of loader workers, and a run resumed at epoch e (Lightning calls `set_epoch`) replays epoch e exactly.
+    With `num_samples` > dataset size (the cycling unlabeled stream) fresh permutations follow each other;
+    the permutation's number joins the seed so a repeated image gets a new augmentation.
+    Under DDP each process takes every world-size-th item of the one global sequence. (A DistributedSampler
+    subclass only so that Lightning does not wrap it: it shards itself and needs none of the parent's setup.)
+
+    Args:
+        size: dataset length.
+        num_samples: indices per epoch over all processes (default: `size`).
+        seed: base seed (the run's `seed_everything` value).
+        stream: tells apart samplers of one run (labeled 0, unlabeled 1).
+    """
+
+    def __init__(self, size: int, num_samples: int | None = None, seed: int = 0, stream: int = 0):
+        self.size, self.num_samples = size, size if num_samples is None else num_samples
+        self.seed, self.stream, self.epoch = seed, stream, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples // world()[1]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rank, world_size = world()
+        key = [self.seed, self.stream, self.epoch]
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+        for position in range(len(self) * world_size):
+            round_, place = divmod(position, self.size)
+            if place == 0:
+                order = torch.randperm(self.size, generator=generator).tolist()
+            if position % world_size == rank:
+                index = order[place]
+                augment_seed = int(np.random.SeedSequence([*key, index, round_]).generate_state(1)[0])
+                yield index, augment_seed
+
+
+class SizeGroupedBatchSampler(BatchSampler):
+    """Batches of up to `batch_size` indices whose images have one size, from the indices `sampler` yields.
+
+    Evaluation runs on whole images, and images of different sizes cannot be stacked into one batch.
+    Each index goes into the bucket of its size; a bucket is yielded as soon as it is full, and the
+    partial buckets left at the end follow, ordered by their first index. So every index the sampler
+    yields is in exactly one batch, and a dataset of one size is batched exactly as by a `BatchSampler`.
+    Under DDP give it the process's shard (`UnrepeatedDistributedSampler`): grouping is within the shard.
+
+    Args:
+        sampler: the indices, e.g. `SequentialSampler` or `UnrepeatedDistributedSampler`.
+        batch_size: most indices per batch, >= 1.
+        drop_last: drop the partial buckets at the end (keep False in evaluation: every image counts).
+        sizes: sizes[index] is the (height, width) of the dataset's image `index`, for every index.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler[int],
+        batch_size: int,
+        drop_last: bool = False,
+        sizes: Sequence[tuple[int, int]] = (),
+    ):
+        super().__init__(sampler, batch_size, drop_last)
+        self.sizes = [tuple(size) for size in sizes]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        buckets: dict[tuple[int, int], list[int]] = {}
+        for index in self.sampler:
+            size = self.sizes[index]
+            bucket = buckets.setdefault(size, [])
+            bucket.append(index)
+            if len(bucket) == self.batch_size:
+                yield buckets.pop(size)
+        if not self.drop_last:
+            yield from sorted(buckets.values())
+
+    def __len__(self) -> int:
+        counts = Counter(self.sizes[index] for index in self.sampler).values()
+        if self.drop_last:
+            return sum(count // self.batch_size for count in counts)
+        return sum(math.ceil(count / self.batch_size) for count in counts)
+
+
+class BatchSamplerLoader(DataLoader):
+    """A DataLoader built from a batch sampler, whose `sampler` attribute is the batch sampler's sampler.
+
+    Lightning decides from `loader.sampler` whether to inject a DistributedSampler under DDP. A plain
+    DataLoader built from a batch sampler reports there a default SequentialSampler that it never uses,
+    so Lightning would put into the batch sampler a DistributedSampler that pads the last shard with
+    repeated images (counted twice in the confusion matrix). Reporting the sampler actually used (an
+    `UnrepeatedDistributedSampler` under DDP) keeps every image on exactly one process.
+    """
+
+    @property
+    def sampler(self) -> Sampler:
+        return self.batch_sampler.sampler
+
+    @sampler.setter
+    def sampler(self, value: Sampler) -> None:
+        pass  # DataLoader.__init__ assigns its unused default sampler here

@@ -1,0 +1,88 @@
+"""Validation, test and predict batch whole images by size: eval_batch_size > 1 works on images of mixed
+sizes, every image is seen exactly once, and the metrics do not depend on the batch size."""
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from conftest import striped_scene, write_cityscapes
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from PIL import Image
+from test_cli import tiny_args
+from torch.utils.data import SequentialSampler
+
+from seg_gan import SegGAN
+from seg_gan.cli import main
+from seg_gan.data import CityscapesDataModule
+from seg_gan.data.cityscapes import cityscapes_paths
+from seg_gan.data.samplers import SizeGroupedBatchSampler
+
+SIZES = [(64, 128), (90, 120), (64, 128), (50, 70)]
+
+
+def mixed_cityscapes(root: Path, sizes: list[tuple[int, int]] = SIZES) -> Path:
+    """Cityscapes layout with a small training split and validation images of the given sizes."""
+    write_cityscapes(root, {"train": 4})
+    rng = np.random.default_rng(1)
+    for index, size in enumerate(sizes):
+        image, labels = striped_scene(rng, *size)
+        image_path, label_path = cityscapes_paths(root, "val", "aachen", f"aachen_{index:06d}_000019")
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        label_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(image_path)
+        Image.fromarray(labels).save(label_path)
+    return root
+
+
+def test_size_grouped_batches_hold_one_size_and_every_index_once():
+    sizes = [(64, 128), (90, 120), (64, 128), (50, 70), (64, 128), (90, 120), (64, 128)]
+    batches = list(SizeGroupedBatchSampler(SequentialSampler(sizes), 2, sizes=sizes))
+    assert batches == [[0, 2], [1, 5], [4, 6], [3]]  # full buckets as they fill, then the rest
+    assert len(SizeGroupedBatchSampler(SequentialSampler(sizes), 2, sizes=sizes)) == 4
+    assert list(SizeGroupedBatchSampler(SequentialSampler(sizes), 3, sizes=sizes)) == [[0, 2, 4], [1, 5], [3], [6]]
+    # under DDP each process groups its own shard; together they cover every index exactly once
+    seen = []
+    for rank in range(2):
+        shard = UnrepeatedDistributedSampler(sizes, num_replicas=2, rank=rank, shuffle=False)
+        grouped = SizeGroupedBatchSampler(shard, 2, sizes=sizes)
+        shard_batches = list(grouped)
+        assert len(grouped) == len(shard_batches)
+        assert all(len({sizes[i] for i in batch}) == 1 for batch in shard_batches)
+        seen += [i for batch in shard_batches for i in batch]
+    assert sorted(seen) == list(range(len(sizes)))
+
+
+@pytest.mark.parametrize("eval_size", [None, (64, 96)], ids=["full-size", "eval_size"])
+def test_validate_in_batches_of_two_on_mixed_sizes_equals_one_at_a_time(tmp_path, eval_size):
+    root = mixed_cityscapes(tmp_path / "cs")
+    torch.manual_seed(0)
+    model = SegGAN(num_classes=19, lambda_adv=0.0)
+    results = {}
+    for batch_size in (1, 2):
+        data = CityscapesDataModule(str(root), num_workers=0, eval_batch_size=batch_size, eval_size=eval_size)
+        trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+        (results[batch_size],) = trainer.validate(model, data, verbose=False)
+        if batch_size == 2:  # two batches of sizes 64x128, then one each of 90x120 and 50x70
+            assert len(trainer.val_dataloaders) == 3
+    assert 0 < results[1]["val/mIoU"] < 1
+    assert results[2]["val/mIoU"] == pytest.approx(results[1]["val/mIoU"], rel=1e-6)
+    assert results[2]["val/pixel_acc"] == pytest.approx(results[1]["val/pixel_acc"], rel=1e-6)
+
+
+def test_predict_a_folder_of_mixed_sizes_in_batches_of_two(cityscapes_root, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for index, size in enumerate(SIZES):
+        image = Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+        image.save(photos / (f"{index}.jpg" if index == 1 else f"{index}.png"))  # JPEG among them
+    out = tmp_path / "out"
+    main(["predict", *tiny_args(cityscapes_root, tmp_path / "p"), "--data.predict_dir", str(photos),
+          "--data.eval_batch_size", "2", "--writer.output_dir", str(out)])  # fmt: skip
+    written = sorted((out / "trainIds").rglob("*.png"))
+    assert [p.name for p in written] == [f"{index}_trainIds.png" for index in range(4)]
+    for index, size in enumerate(SIZES):
+        assert np.array(Image.open(out / "trainIds" / "photos" / f"{index}_trainIds.png")).shape == size
+        assert np.array(Image.open(out / "color" / "photos" / f"{index}_color.png")).shape == (*size, 3)
