@@ -1,7 +1,8 @@
-"""Adversarial losses and the label encodings that turn ground truth into D's "real" input.
+"""Cross-entropy, adversarial losses, and the label encodings that turn ground truth into D's "real" input.
 
-Shapes: `probs` [B, C, H, W] softmax maps, `target` [B, H, W] int64 train ids (ignore_index = void),
-D logits either [B, 1, H, W] (per pixel, already upsampled to the label size) or [B, 1, 1, 1].
+Shapes: `logits` [B, C, H, W], `probs` [B, C, H, W] softmax maps, `target` [B, H, W] int64 train ids
+(ignore_index = void), D logits either [B, 1, H, W] (per pixel, already upsampled to the label size) or
+[B, 1, 1, 1].
 """
 
 from typing import Literal
@@ -11,6 +12,26 @@ import torch.nn.functional as F
 
 AdversarialLoss = Literal["bce", "lsgan", "hinge"]
 RealEncoding = Literal["onehot", "scaling"]
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Mean cross-entropy over the labelled pixels (target != ignore_index); 0 when there are none.
+
+    `F.cross_entropy(..., ignore_index=...)` divides by the number of labelled pixels and returns NaN
+    (0 / 0) for a batch that is all void, which would skip the step; here the sum is divided by
+    max(count, 1), so such a batch adds 0, still as part of the graph (a zero gradient reaches every
+    parameter that produced `logits`, so DDP processes stay in step). Otherwise equal to F.cross_entropy.
+
+    Args:
+        logits: float [B, C, H, W] (or [N, C]).
+        target: int64 [B, H, W] (or [N]) class indices, `ignore_index` for void.
+        ignore_index: the void value.
+
+    Returns:
+        A float scalar tensor.
+    """
+    total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
+    return total / (target != ignore_index).sum().clamp(min=1)
 
 
 def encode_real(

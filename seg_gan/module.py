@@ -34,6 +34,7 @@ from seg_gan.inference import InferenceMode, predict_logits, whole
 from seg_gan.losses import (
     AdversarialLoss,
     RealEncoding,
+    cross_entropy,
     discriminator_loss,
     encode_real,
     generator_adversarial_loss,
@@ -94,7 +95,8 @@ class SegGAN(pl.LightningModule):
         stride: sliding window stride (height, width); overlapping logits are averaged.
         flip_tta: also run on the horizontally flipped image and average the logits.
         max_consecutive_skips: a non-finite G or D loss skips that optimizer step (counted in
-            train/skipped_steps); this many skips in a row stop the run with a message.
+            train/skipped_steps); this many skips in a row of G's steps, or of D's steps, stop the run
+            with a message (the two are counted apart, so D's finite steps do not hide G's failures).
         d_every_n_batches: update D on every N-th batch only (1 = every batch).
         g_every_n_batches: update G on every N-th batch only (1 = every batch); with D every batch this
             is the "several D steps per G step" ratio. Other batches run G without gradients.
@@ -207,7 +209,9 @@ class SegGAN(pl.LightningModule):
         self.val_confmat = self._confmat()
         self.test_confmat = self._confmat()
         self.last_result: tuple[str, dict[str, torch.Tensor]] | None = None
-        self.skipped_steps = self.consecutive_skips = 0  # non-finite losses (stability guard)
+        self.skipped_steps = 0  # non-finite losses (stability guard)
+        self.consecutive_skips = {"g": 0, "d": 0}  # apart: a finite D step must not reset G's count
+        self.void_batches = 0  # labeled batches without a single labelled pixel (no cross-entropy)
         self.collapse_streak = 0  # batches in a row with D at ~100% or ~50% accuracy
 
     def _confmat(self) -> MulticlassConfusionMatrix:
@@ -232,6 +236,9 @@ class SegGAN(pl.LightningModule):
         if self.discriminator is None:
             unlabeled = None  # the semi-supervised losses need D
         image, target = labeled["image"], labeled["mask"]  # [B, 3, H, W] float, [B, H, W] int64
+        if not (target != self.ignore_index).any():  # its cross-entropy is 0 (see losses.cross_entropy)
+            self.void_batches += 1
+        self.log("train/void_batches", float(self.void_batches))
         image = image.contiguous(memory_format=self.memory_format)
         optimizers = self.optimizers()
         g_opt, *d_opt = optimizers if isinstance(optimizers, list) else [optimizers]
@@ -281,7 +288,7 @@ class SegGAN(pl.LightningModule):
 
     def generator_step(self, g_opt, image, target, logits, probs, u_image=None, u_logits=None, u_probs=None):
         with self.toggled_optimizer(g_opt):  # D's parameters are frozen: gradients flow to G only
-            loss_ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+            loss_ce = cross_entropy(logits, target, self.ignore_index)  # 0, not NaN, on an all-void batch
             loss_g = loss_ce
             if self.discriminator is not None:
                 fake_logits = self.discriminator(self._noisy(probs), image)
@@ -316,8 +323,8 @@ class SegGAN(pl.LightningModule):
             confident = confident[:, 0]  # [Bu, H, W]
             pseudo = torch.where(confident, u_logits.argmax(1), self.ignore_index)  # [Bu, H, W]
         batches_done = self.trainer.fit_loop.epoch_loop.total_batch_idx  # batches, not optimizer steps
-        if batches_done >= hp.semi_start and confident.any():
-            loss_semi = F.cross_entropy(u_logits, pseudo, ignore_index=self.ignore_index)
+        if batches_done >= hp.semi_start:  # 0 where D trusts no pixel
+            loss_semi = cross_entropy(u_logits, pseudo, self.ignore_index)
         else:
             loss_semi = u_logits.new_zeros(())
         self.log_dict(
@@ -337,16 +344,17 @@ class SegGAN(pl.LightningModule):
             self.manual_backward(loss)
             self.log(f"train/grad_norm_{which}", self._clip(optimizer, module))
             optimizer.step()
-            self.consecutive_skips = 0
+            self.consecutive_skips[which] = 0
         else:
             self.skipped_steps += 1
-            self.consecutive_skips += 1
-            if self.consecutive_skips >= self.hparams.max_consecutive_skips:
+            self.consecutive_skips[which] += 1
+            if self.consecutive_skips[which] >= self.hparams.max_consecutive_skips:
                 raise TrainingDiverged(
-                    f"training stopped: {self.consecutive_skips} optimizer steps in a row had a non-finite loss "
-                    f"(last: the {which.upper()} step at batch {self.trainer.fit_loop.epoch_loop.total_batch_idx}). "
-                    "Expected finite losses: lower the learning rates, set model.gradient_clip_val, or try "
-                    "trainer.precision 32 (model.max_consecutive_skips sets the patience)."
+                    f"training stopped: {self.consecutive_skips[which]} {which.upper()} optimizer steps in a row "
+                    "had a non-finite loss (the last at batch "
+                    f"{self.trainer.fit_loop.epoch_loop.total_batch_idx}). Expected finite losses: lower the "
+                    "learning rates, set model.gradient_clip_val, or try trainer.precision 32 "
+                    "(model.max_consecutive_skips sets the patience)."
                 )
         self.log("train/skipped_steps", float(self.skipped_steps))
 

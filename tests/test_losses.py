@@ -1,7 +1,10 @@
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from seg_gan.losses import discriminator_loss, encode_real, generator_adversarial_loss, valid_mask
+from seg_gan.losses import cross_entropy, discriminator_loss, encode_real, generator_adversarial_loss, valid_mask
 
 
 def test_onehot_encoding_and_void_pixels():
@@ -49,3 +52,21 @@ def test_bce_is_stable_for_extreme_logits():
     ones = torch.ones(1, 1, 2, 2)
     loss = discriminator_loss(1e4 * ones, -1e4 * ones, "bce", ones, ones)
     assert torch.isfinite(loss) and loss < 1e-6
+
+
+def test_cross_entropy_by_hand_and_zero_with_a_gradient_on_an_all_void_batch():
+    logits = torch.zeros(1, 2, 1, 3)  # 2 classes, 3 pixels
+    logits[0, 1, 0, 0] = math.log(3)  # pixel 0: p = (1/4, 3/4)
+    logits[0, 0, 0, 2] = 50.0  # pixel 2: a confident wrong answer, but void
+    target = torch.tensor([[[1, 0, 255]]])
+    # labelled pixels: -log(3/4) and -log(1/2), averaged over the two (the void one does not count)
+    expected = (-math.log(3 / 4) - math.log(1 / 2)) / 2
+    assert cross_entropy(logits, target, 255).item() == pytest.approx(expected, rel=1e-6)
+    assert torch.allclose(cross_entropy(logits, target, 255), F.cross_entropy(logits, target, ignore_index=255))
+    void = torch.full((1, 1, 3), 255)
+    assert torch.isnan(F.cross_entropy(logits, void, ignore_index=255))  # what the step used to get
+    weights = torch.randn(1, 2, 1, 3, requires_grad=True)
+    loss = cross_entropy(weights * 2, void, 255)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(weights.grad, torch.zeros_like(weights))  # a zero gradient, not NaN

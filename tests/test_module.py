@@ -1,8 +1,11 @@
 import csv
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
+from conftest import write_cityscapes
+from PIL import Image
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from seg_gan import SegGAN
@@ -229,9 +232,50 @@ def test_too_many_non_finite_losses_stop_the_run_with_a_message(cityscapes_root)
 
     model = SegGAN(num_classes=19, discriminator=lambda n: NaNDiscriminator(n, "all"), max_consecutive_skips=3)
     before = snapshot(model.discriminator)
-    with pytest.raises(TrainingDiverged, match="3 optimizer steps in a row had a non-finite loss"):
+    with pytest.raises(TrainingDiverged, match="3 D optimizer steps in a row had a non-finite loss"):
         fit_one_batch(model, cityscapes_root, max_steps=20)
     assert not changed(before, snapshot(model.discriminator))  # no NaN ever reached the weights
+
+
+class OneSidedNaNDiscriminator(FCNDiscriminator):
+    """Non-finite logits in D's own step only (its parameters are trainable there), or in G's step only."""
+
+    def __init__(self, num_classes: int, bad_step: str = "d"):
+        super().__init__(num_classes)
+        self.bad_step = bad_step
+
+    def forward(self, probs, image):
+        logits = super().forward(probs, image)
+        in_d_step = next(self.parameters()).requires_grad  # toggled_optimizer freezes D in G's step
+        return logits * float("nan") if in_d_step == (self.bad_step == "d") else logits
+
+
+@pytest.mark.parametrize("bad_step", ["d", "g"])
+def test_consecutive_skips_are_counted_apart_for_g_and_d(cityscapes_root, bad_step):
+    from seg_gan.module import TrainingDiverged
+
+    model = SegGAN(num_classes=19, discriminator=lambda n: OneSidedNaNDiscriminator(n, bad_step),
+                   max_consecutive_skips=3)  # fmt: skip
+    fine = model.generator if bad_step == "d" else model.discriminator
+    before = snapshot(fine)
+    # the other network's finite steps between the failing ones used to reset the one shared count
+    with pytest.raises(TrainingDiverged, match=f"3 {bad_step.upper()} optimizer steps in a row had a non-finite"):
+        fit_one_batch(model, cityscapes_root, max_steps=40)
+    assert model.skipped_steps == 3 and changed(before, snapshot(fine))  # the other one did train
+
+
+@pytest.mark.parametrize("lambda_adv", [0.0, 0.01])
+def test_all_void_batches_add_no_cross_entropy_and_are_counted(tmp_path, lambda_adv):
+    root = write_cityscapes(tmp_path / "cs", {"train": 8, "val": 1})
+    for label in sorted((root / "gtFine" / "train").rglob("*_labelIds.png"))[::2]:  # 4 of 8 images all void
+        Image.fromarray(np.zeros((32, 64), np.uint8)).save(label)
+    model = SegGAN(num_classes=19, lambda_adv=lambda_adv)
+    g_before = snapshot(model.generator)
+    trainer = fit_one_batch(model, root, max_steps=8 if lambda_adv == 0 else 16, batch_size=1)  # one epoch
+    assert model.void_batches == 4 and trainer.callback_metrics["train/void_batches"] == 4
+    assert model.skipped_steps == 0 and trainer.fit_loop.epoch_loop.total_batch_idx + 1 == 8
+    assert changed(g_before, snapshot(model.generator))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_d_every_n_batches(cityscapes_root):
