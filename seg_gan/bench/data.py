@@ -1,7 +1,9 @@
 """Data loading: training-pipeline images/s per worker vs PNG decoding alone, on 2048x1024 frames.
 
 Frames come from `--root` (a Cityscapes-layout folder, e.g. the real dataset) or are drawn into a
-temporary folder (synthetic scenes at 1024x2048). Each row decodes the image and its label file.
+temporary folder (synthetic scenes at 1024x2048). Each row decodes the image and its label file: with
+bare PIL, and with `seg_gan.data.io` (PIL plus the mode checks and the label-id handling, what the
+pipeline uses).
 """
 
 import argparse
@@ -14,11 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from torchvision.io import ImageReadMode
 
 from seg_gan.data.cityscapes import CityscapesDataModule
+from seg_gan.data.io import read_image, read_label
 from seg_gan.data.synthetic import write_synthetic_cityscapes
-from seg_gan.data.transforms import read_png
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,13 +54,13 @@ def run(options: argparse.Namespace) -> None:
             np.asarray(Image.open(sample.image).convert("RGB"))
             np.asarray(Image.open(sample.label))
 
-        def decode_torchvision(sample):
-            read_png(sample.image, ImageReadMode.RGB)
-            read_png(sample.label, ImageReadMode.GRAY)
+        def decode_used(sample):
+            read_image(sample.image)
+            read_label(sample.label)
 
         rows = [
-            ("PNG decode only, PIL (image + label)", rate(decode_pil, samples, options.repeats)),
-            ("PNG decode only, torchvision.io (image + label)", rate(decode_torchvision, samples, options.repeats)),
+            ("PNG decode only, bare PIL (image + label)", rate(decode_pil, samples, options.repeats)),
+            ("PNG decode only, seg_gan.data.io (used; image + label)", rate(decode_used, samples, options.repeats)),
             ("training pipeline, 1 worker (decode + map + scale/crop/flip + normalise)",
              rate(dataset.__getitem__, indices, options.repeats)),
         ]  # fmt: skip
@@ -79,5 +80,4 @@ def run(options: argparse.Namespace) -> None:
     print(f"{'measurement':<78}{'images/s':>10}")
     for name, value in rows:
         print(f"{name:<78}{value:>10.2f}")
-    fastest_decode = max(rows[0][1], rows[1][1])
-    print(f"pipeline / fastest decode-only rate: {rows[2][1] / fastest_decode:.2f} (target >= 0.80)")
+    print(f"pipeline / decode-only rate of the decoder it uses: {rows[2][1] / rows[1][1]:.2f} (target >= 0.80)")

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 import torchvision.transforms.v2.functional as TF
-from torchvision.io import ImageReadMode, decode_png, read_file, write_png
+from PIL import Image
 from tqdm import tqdm
 
 from seg_gan.cli import build_cli
+from seg_gan.data.io import read_image, read_label
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "camvid_semi.yaml"
 ARMS = {  # each arm differs from its neighbour in one switch; run in this order
@@ -85,13 +86,13 @@ def scaled_copy(root: Path, out: Path, size: list[int]) -> Path:
         raise SystemExit(f"error: no CamVid PNGs under {root}/train, trainannot, val, valannot (SegNet layout).")
     for path in tqdm(files, desc=f"scaling CamVid to {size[0]}x{size[1]}", unit="img"):
         label = path.parent.name.endswith("annot")
-        image = decode_png(read_file(str(path)), ImageReadMode.GRAY if label else ImageReadMode.RGB)
-        if label:
-            image = TF.resize(image, size, interpolation=TF.InterpolationMode.NEAREST_EXACT)
+        if label:  # class ids [1, H, W] (palette PNGs give their indices); nearest: no new ids
+            ids = torch.from_numpy(read_label(path))[None]
+            scaled = TF.resize(ids, size, interpolation=TF.InterpolationMode.NEAREST_EXACT)[0]  # [H, W] uint8
         else:
-            image = TF.resize(image, size, antialias=True)
+            scaled = TF.resize(read_image(path), size, antialias=True).permute(1, 2, 0)  # [H, W, 3] uint8
         (copy / path.parent.name).mkdir(parents=True, exist_ok=True)
-        write_png(image, str(copy / path.parent.name / path.name))
+        Image.fromarray(scaled.contiguous().numpy()).save(copy / path.parent.name / path.name)
     (copy / "DONE").write_text(f"{root} scaled to {size}\n")
     return copy
 

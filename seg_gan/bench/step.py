@@ -14,12 +14,11 @@ import time
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from seg_gan.bench.gpu import RandomBatches, Timer
-from seg_gan.losses import discriminator_loss, encode_real, generator_adversarial_loss, valid_mask
+from seg_gan.losses import cross_entropy, discriminator_loss, encode_real, generator_adversarial_loss, valid_mask
 from seg_gan.module import SegGAN
 
 
@@ -86,7 +85,7 @@ def bare_rate(options, size: tuple[int, int]) -> tuple[float, float]:
         for p in discriminator.parameters():
             p.requires_grad_(False)
         adv = generator_adversarial_loss(discriminator(probs, image), "bce", weight)
-        loss_g = F.cross_entropy(logits, target, ignore_index=255) + 0.01 * adv
+        loss_g = cross_entropy(logits, target, 255) + 0.01 * adv
         g_opt.zero_grad(set_to_none=True)
         loss_g.backward()
         g_opt.step()
@@ -107,7 +106,7 @@ def step_flops(options, size: tuple[int, int], lambda_adv: float) -> int:
     with FlopCounterMode(display=False) as counter:
         logits = model.generator(image)
         probs = logits.softmax(1)
-        loss = F.cross_entropy(logits, target, ignore_index=255)
+        loss = cross_entropy(logits, target, 255)
         if model.discriminator is not None:
             real = encode_real(target, probs.detach(), 255)
             d_input = torch.cat([real, probs.detach()])  # [real; fake], as in the D step
