@@ -207,3 +207,13 @@ def test_cityscapes_instance_ids_given_as_label_ids_are_refused(cityscapes_root)
     data = CityscapesDataModule(str(cityscapes_root), num_workers=0, crop_size=(32, 64))
     with pytest.raises(UserError, match="is a 16-bit label file whose largest value is 26003; expected class ids"):
         data.setup("fit")
+
+
+def test_files_of_other_formats_are_refused_naming_the_format(tmp_path):
+    image, label = tmp_path / "image.png", tmp_path / "label.png"
+    Image.fromarray(PIXELS[..., :3]).save(image, format="BMP")  # the name does not decide: the content does
+    Image.fromarray(IDS).save(label, format="TIFF")
+    with pytest.raises(UserError, match=f"{image} is a BMP file; expected a PNG or JPEG image"):
+        image_size(image)
+    with pytest.raises(UserError, match=f"{label} is a TIFF label file; expected a PNG of single-channel class ids"):
+        read_label(label)

@@ -213,5 +213,6 @@ def check_labelled(samples: Sequence[_Paired], lookup: np.ndarray, ignore_index:
     raise UserError(
         f"{where}: all {len(labels)} label files checked ({shown}) hold only void pixels (label ids that map "
         f"to {ignore_index}, ignored), so nothing can be learned or measured. Expected label files holding "
-        "this dataset's class ids, e.g. Cityscapes *_gtFine_labelIds.png or CamVid annotations with ids 0-10."
+        "this dataset's class ids, e.g. Cityscapes *_gtFine_labelIds.png or CamVid annotations with ids 0-10 "
+        "(Cityscapes' public test labels are such placeholders: evaluate on val)."
     )
