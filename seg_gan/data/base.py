@@ -52,6 +52,7 @@ class SegmentationDataset(Dataset):
         self.samples = samples
         self.lookup = lookup
         self.known = known
+        self.unknown = ~known
         self.transform = transform
         self._sizes: list[tuple[int, int]] | None = None
 
@@ -73,14 +74,15 @@ class SegmentationDataset(Dataset):
             mask = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.uint8)
         else:
             ids = read_label(sample.label)  # [H, W] uint8 label ids
-            unknown = int(np.bincount(ids.ravel(), minlength=256)[~self.known].sum())
+            # np.take with the uint8 ids as indices: half the time of bincount + fancy indexing on 2 MP frames
+            unknown = int(np.count_nonzero(np.take(self.unknown, ids)))
             if unknown:
                 warnings.warn(
                     f"{sample.label}: {unknown} pixels have label ids outside the dataset's table; "
                     "they are treated as void (ignored).",
                     stacklevel=2,
                 )
-            mask = torch.from_numpy(self.lookup[ids])  # [H, W] uint8 train ids
+            mask = torch.from_numpy(np.take(self.lookup, ids))  # [H, W] uint8 train ids
         if augment_seed is None:
             image, mask = self.transform(image, tv_tensors.Mask(mask))
         else:  # the transforms draw from torch's global generator: seed it here, leave it as it was
