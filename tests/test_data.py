@@ -209,7 +209,7 @@ def test_all_void_training_labels_are_refused_at_setup(cityscapes_root):
     for label in labels:  # label id 0 ('unlabeled') everywhere: every pixel is void
         Image.fromarray(np.zeros((32, 64), np.uint8)).save(label)
     data = CityscapesDataModule(str(cityscapes_root), num_workers=0, crop_size=(32, 64))
-    with pytest.raises(UserError, match=r"the labeled training images: all 8 label files checked \(.*"
+    with pytest.raises(UserError, match=r"split 'train' of .* \(its labeled images\): all 8 label files checked \(.*"
                        rf"{labels[0].name}.* and 5 more\) hold only void pixels"):  # fmt: skip
         data.setup("fit")
 

@@ -213,6 +213,12 @@ class SegmentationDataModule(pl.LightningDataModule):
             transform = eval_transform(self.eval_size)
         return SegmentationDataset(samples, self.lookup, self.known, transform)
 
+    def _labelled_set(self, samples: list[Sample], split: str, train: bool) -> SegmentationDataset:
+        """The dataset of `samples`, refused (UserError) if none of its label files holds a class pixel."""
+        where = f"split {split!r} of {self.root}" + (" (its labeled images)" if train else "")
+        check_labelled(samples, self.lookup, IGNORE_INDEX, where)
+        return self.dataset(samples, train)
+
     def setup(self, stage: str) -> None:
         if stage == "fit":
             train = self.samples("train")
@@ -221,18 +227,14 @@ class SegmentationDataModule(pl.LightningDataModule):
                 [s.name for s in train], self.labeled_fraction, self.labeled_list, self.split_seed
             )
             chosen = set(self.labeled_names)
-            self.train_set = self.dataset([s for s in train if s.name in chosen], train=True)
-            check_labelled(self.train_set.samples, self.lookup, IGNORE_INDEX, "the labeled training images")
+            self.train_set = self._labelled_set([s for s in train if s.name in chosen], "train", train=True)
             self.unlabeled_samples = [Sample(s.image, None, s.name, s.city) for s in train if s.name not in chosen]
-            self.write_split()
         if stage in ("fit", "validate"):
-            self.val_set = self.dataset(self.samples("val"), train=False)
-            check_labelled(self.val_set.samples, self.lookup, IGNORE_INDEX, f"split 'val' of {self.root}")
+            self.val_set = self._labelled_set(self.samples("val"), "val", train=False)
         if stage == "test":
-            self.test_set = self.dataset(self.samples(self.test_split), train=False)
-            check_labelled(
-                self.test_set.samples, self.lookup, IGNORE_INDEX, f"split {self.test_split!r} of {self.root}"
-            )
+            self.test_set = self._labelled_set(self.samples(self.test_split), self.test_split, train=False)
+        if stage == "fit":  # after every check: a refused input leaves nothing in the run folder
+            self.write_split()
         if stage == "predict":  # labels are not needed (Cityscapes' test labels are placeholders)
             if self.predict_dir is not None:
                 samples, where = image_folder(self.predict_dir), f"data.predict_dir {str(self.predict_dir)!r}"
