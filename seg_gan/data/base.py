@@ -279,7 +279,6 @@ class SegmentationDataModule(pl.LightningDataModule):
             chosen = set(self.labeled_names)
             self.train_set = self.dataset([s for s in train if s.name in chosen], train=True)
             self.unlabeled_samples = [Sample(s.image, None, s.name, s.city) for s in train if s.name not in chosen]
-            self.write_split()
         if stage in ("fit", "validate"):
             self.val_set = self.dataset(self.samples("val"), train=False)
         if stage == "test":
@@ -307,17 +306,6 @@ class SegmentationDataModule(pl.LightningDataModule):
                 "Expected the same data.labeled_fraction, data.split_seed and data.labeled_list as the run being "
                 "resumed, or data.labeled_list pointing at that run's labeled_split.txt."
             )
-
-    def write_split(self) -> None:
-        """Keep the labeled names next to the run's outputs, so the run can be reproduced."""
-        from seg_gan.callbacks import run_dir
-
-        folder = None if self.trainer is None else run_dir(self.trainer)
-        if folder is None or not self.trainer.is_global_zero:
-            return
-        path = folder / "labeled_split.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(self.labeled_names) + "\n")
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         """Training loaders get a SeededSampler (and drop the last incomplete batch)."""
