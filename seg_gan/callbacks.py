@@ -13,6 +13,9 @@
 
 import netrc
 import os
+import random
+import re
+import weakref
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +24,6 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
@@ -88,42 +90,110 @@ class WandbLogger(LightningWandbLogger):
             self._experiment = None  # a later fit/validate in this process starts a new run
 
 
-def run_dir(trainer: pl.Trainer) -> Path | None:
-    """The folder of this run: <save_dir>/<project>/<run id> for W&B, the log dir otherwise."""
-    logger = trainer.logger
-    if isinstance(logger, LightningWandbLogger):
-        return Path(logger.save_dir) / str(logger.name) / str(logger.version)
-    return None if trainer.log_dir is None else Path(trainer.log_dir)
+def runs_root(trainer: pl.Trainer) -> Path:
+    """The folder that holds this project's run folders: <save_dir>/<name> of the first logger (W&B:
+    <save_dir>/<project>), or <default_root_dir>/runs without a logger."""
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name)
+    return Path(trainer.default_root_dir) / "runs"
+
+
+_RUN_DIRS: "weakref.WeakKeyDictionary[pl.Trainer, Path]" = weakref.WeakKeyDictionary()
+
+
+def run_dir(trainer: pl.Trainer) -> Path:
+    """This run's own folder, chosen once per Trainer: <runs_root>/<logger version> (W&B: the run id;
+    CSV/TensorBoard: version_N), or a new <default_root_dir>/runs/version_N without a logger, so no run
+    ever writes into another's folder. Call it from a hook that runs on every process (setup): rank 0
+    chooses and the others receive its choice."""
+    if trainer in _RUN_DIRS:
+        return _RUN_DIRS[trainer]
+    folder = None
+    if trainer.loggers:
+        version = trainer.loggers[0].version
+        folder = runs_root(trainer) / (version if isinstance(version, str) else f"version_{version}")
+    elif trainer.is_global_zero:
+        folder = new_version_folder(runs_root(trainer))
+    folder = trainer.strategy.broadcast(folder)
+    _RUN_DIRS[trainer] = folder
+    return folder
+
+
+def new_version_folder(parent: Path) -> Path:
+    """Creates and returns parent/version_N for the first N not taken (mkdir is atomic: two runs
+    started at once get different folders)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[8:]) for p in parent.glob("version_*") if p.name[8:].isdigit()]
+    number = max(taken, default=-1) + 1
+    while True:
+        try:
+            (parent / f"version_{number}").mkdir()
+            return parent / f"version_{number}"
+        except FileExistsError:
+            number += 1
+
+
+def fresh_path(folder: Path, name: str) -> Path:
+    """folder/name, or folder/<stem>_2<suffix>, _3, ... if taken: a run record is never overwritten
+    (a resumed W&B run or a fixed logger version can point two runs at one folder)."""
+    path, number = folder / name, 1
+    while path.exists():
+        number += 1
+        path = folder / f"{Path(name).stem}_{number}{Path(name).suffix}"
+    return path
 
 
 class SaveConfig(SaveConfigCallback):
-    """config.yaml into the run's own folder (no clash between runs) and the full config to the logger."""
+    """The run's record in its own folder: config.yaml (the whole resolved configuration) and, for fit,
+    labeled_split.txt (the labeled training images); the configuration also goes to the logger (the
+    W&B run config). Neither file ever overwrites another run's."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.already_saved:
             return
         folder = run_dir(trainer)
-        if trainer.is_global_zero and folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, str(folder / self.config_filename), skip_none=False, overwrite=True,
-                             multifile=self.multifile)  # fmt: skip
         if trainer.is_global_zero:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, str(fresh_path(folder, self.config_filename)), skip_none=False,
+                             multifile=self.multifile)  # fmt: skip
+            names = getattr(trainer.datamodule, "labeled_names", None)
+            if stage == "fit" and names:
+                fresh_path(folder, "labeled_split.txt").write_text("\n".join(names) + "\n")
             for logger in trainer.loggers:
                 config = {k: v for k, v in self.config.clone().as_dict().items() if not k.startswith("_")}
                 logger.log_hyperparams(config)
         self.already_saved = trainer.strategy.broadcast(True)
 
 
-class Checkpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, crash-safe and resumable bit for bit.
+def rng_states() -> dict:
+    """The global random states (torch, CUDA, numpy, Python) as plain objects (loads with weights_only)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [name, keys.tolist(), position, has_gauss, cached],
+            "torch.cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}  # fmt: skip
 
-    - Writes to `<file>.partial` and renames, so a crash while saving never leaves a corrupt file.
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    if states.get("torch.cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch.cuda"])
+
+
+class Checkpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, in the run's own folder and resumable bit for bit.
+
+    - Writes into `<run folder>/checkpoints` (see `run_dir`), also without a logger, so two runs never
+      share a checkpoint folder. Lightning writes each file atomically (temporary file, then rename).
     - Keeps the random states (torch, numpy, python, CUDA) in the checkpoint and restores them, so a
       run resumed from a checkpoint taken at an epoch end continues exactly like an uninterrupted one
       (same data order and augmentations).
     - On SIGTERM (SLURM pre-emption, `scancel`), saves `last.ckpt` before the run stops.
-    - `ckpt_path: last` also looks in the other run folders of the same project (each invocation gets
-      a new W&B run id or CSV version, hence a new folder) and takes the newest `last.ckpt`.
+    - `--ckpt_path last` (resolved by the CLI) takes the newest `last.ckpt` of all the project's run folders.
 
     Args:
         every_n_batches: also write `last.ckpt` every N training batches (null: at epoch ends only).
@@ -150,44 +220,36 @@ class Checkpoint(ModelCheckpoint):
                          auto_insert_metric_name=False)  # fmt: skip
         self.every_n_batches = every_n_batches
 
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if self.dirpath is None:  # Lightning's default would be <default_root_dir>/checkpoints without a logger
+            self.dirpath = str(run_dir(trainer) / "checkpoints")
+        super().setup(trainer, pl_module, stage)
+
+    def _last_path(self) -> str:
+        return os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         batches = trainer.fit_loop.epoch_loop.total_batch_idx + 1
-        if self.every_n_batches and batches % self.every_n_batches == 0 and self.dirpath is not None:
-            self._save_checkpoint(trainer, os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION))
-
-    def _find_last_checkpoints(self, trainer: pl.Trainer) -> set[str]:
-        found = super()._find_last_checkpoints(trainer)
-        if found or self.dirpath is not None:  # a fixed dirpath is shared by every run already
-            return found
-        own = Path(self._ModelCheckpoint__resolve_ckpt_dir(trainer))  # <save_dir>/<project>/<run>/checkpoints
-        pattern = f"*/{own.name}/{self.CHECKPOINT_NAME_LAST}*{self.FILE_EXTENSION}"
-        return {str(path) for path in own.parent.parent.glob(pattern)}
-
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        partial = f"{filepath}.partial"
-        super()._save_checkpoint(trainer, partial)
-        if trainer.is_global_zero:
-            os.replace(partial, filepath)  # atomic on POSIX
-        self._last_checkpoint_saved = filepath
-        trainer.strategy.barrier("checkpoint renamed")
+        if self.every_n_batches and batches % self.every_n_batches == 0:
+            trainer.save_checkpoint(self._last_path())
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
-        states = _collect_rng_states()
-        name, keys, position, has_gauss, cached = states["numpy"]  # plain lists: loads with weights_only
-        states["numpy"] = [name, keys.tolist(), position, has_gauss, cached]
-        checkpoint["rng_states"] = states
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:
-            states = dict(checkpoint["rng_states"])
-            name, keys, position, has_gauss, cached = states["numpy"]
-            states["numpy"] = (name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached)
-            _set_rng_states(states)
+            set_rng_states(checkpoint["rng_states"])
 
     def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and self.dirpath is not None:
-            self._save_checkpoint(trainer, os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION))
+            trainer.save_checkpoint(self._last_path())
+
+
+def newest_last_checkpoint(root: Path) -> Path | None:
+    """The newest last.ckpt (or last-v1.ckpt, ...) under root/<run>/checkpoints/, or None."""
+    found = [p for p in root.glob("*/checkpoints/last*.ckpt") if re.fullmatch(r"last(-v\d+)?", p.stem)]
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
 
 
 class WandbMedia(pl.Callback):
@@ -210,7 +272,8 @@ class WandbMedia(pl.Callback):
         return None
 
     @rank_zero_only
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
+        # not on_validation_epoch_end: callbacks run that hook before the module computes this epoch's scores
         run = self._run(trainer)
         if run is None or trainer.sanity_checking or pl_module.last_result is None:
             return

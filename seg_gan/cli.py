@@ -9,10 +9,19 @@ import signal
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
+import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from seg_gan.callbacks import Checkpoint, PredictionWriter, SaveConfig, WandbMedia
+from seg_gan.callbacks import (
+    Checkpoint,
+    PredictionWriter,
+    SaveConfig,
+    WandbMedia,
+    newest_last_checkpoint,
+    runs_root,
+)
 from seg_gan.data import SegmentationDataModule
 from seg_gan.errors import UserError, clean_message, find_user_error
 from seg_gan.module import SegGAN
@@ -46,29 +55,32 @@ class SegGANCLI(LightningCLI):
         parser.set_defaults(DEFAULTS)
         # `predict` writes files: --writer.output_dir, --writer.overwrite, --writer.alpha
         parser.add_class_arguments(PredictionWriter, "writer")
-        # best.ckpt / last.ckpt, always on: --checkpoint.every_n_batches, --checkpoint.monitor, ...
-        parser.add_lightning_class_args(Checkpoint, "checkpoint")
+        # best.ckpt / last.ckpt unless trainer.enable_checkpointing is false: --checkpoint.every_n_batches, ...
+        parser.add_class_arguments(Checkpoint, "checkpoint")
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the checkpoint's hyperparameters here: name a missing or unreadable file
+        # Lightning's version replaces the model options given by the user with the checkpoint's stored
+        # hyperparameters (a sliding-window validate would silently run whole-image). Here the user's
+        # options win; SegGAN.on_load_checkpoint refuses the ones that do not fit the stored weights.
+        # Only a missing or unreadable file is reported now, before anything is built.
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
-            raise UserError(f"ckpt_path: {ckpt_path!r} is not a file. Expected a checkpoint saved by fit "
-                            "(runs/seg_gan/<run id>/checkpoints/last.ckpt or best.ckpt).")  # fmt: skip
-        try:
-            super()._parse_ckpt_path()
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+            return
+        if not Path(ckpt_path).is_file():
+            raise UserError(
+                f"ckpt_path: {ckpt_path!r} is not a file. Expected a checkpoint saved by fit "
+                "(runs/seg_gan/<run id>/checkpoints/last.ckpt or best.ckpt)."
+            )
+        try:  # mmap: reads the archive's index, not the weights
+            torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UserError(f"ckpt_path: {ckpt_path!r} could not be read as a checkpoint ({first_line}).") from None
 
     def before_instantiate_classes(self) -> None:
-        # Each batch runs two backward passes (D step, G step) and each leaves the other network's
-        # parameters without gradients; DDP must be told, or it stops with "unused parameters".
-        # Gradients are still averaged across processes for every parameter that has one.
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.trainer.strategy == "ddp":
-            config.trainer.strategy = "ddp_find_unused_parameters_true"
+        check_trainer_options(config.trainer)
         if self.subcommand is not None:  # output folders: fail now, naming them, not mid-run
             logger = config.trainer.logger
             save_dir = logger.get("init_args", {}).get("save_dir") if hasattr(logger, "get") else None
@@ -76,8 +88,63 @@ class SegGANCLI(LightningCLI):
             check_writable("trainer.logger.save_dir", save_dir)
             check_writable("checkpoint.dirpath", config.checkpoint.dirpath)
 
+    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
+        # The checkpoint callback is added unless the user turned checkpointing off (Lightning refuses a
+        # ModelCheckpoint with enable_checkpointing=False).
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        if config.trainer.get("enable_checkpointing") is not False:
+            callbacks = config.trainer.get("callbacks") or []
+            kwargs["callbacks"] = [*(callbacks if isinstance(callbacks, list) else [callbacks]), config.checkpoint]
+        return super().instantiate_trainer(**kwargs)
+
+    def _resolve_last(self) -> None:
+        """`--ckpt_path last`: the newest last.ckpt of all the project's run folders (each invocation gets
+        a new folder, where Lightning would look only in its own)."""
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") != "last" or config.checkpoint.dirpath is not None:
+            return  # with a fixed checkpoint.dirpath, Lightning's own lookup already sees every run
+        found = newest_last_checkpoint(runs_root(self.trainer))
+        if found is not None:
+            config["ckpt_path"] = str(found)
+
+    def before_fit(self) -> None:
+        self._resolve_last()
+
+    def before_validate(self) -> None:
+        self._resolve_last()
+
+    def before_test(self) -> None:
+        self._resolve_last()
+
     def before_predict(self) -> None:
+        self._resolve_last()
         self.trainer.callbacks.append(self.config_init[self.subcommand]["writer"])
+
+
+def check_trainer_options(trainer) -> None:
+    """Trainer options that manual optimisation cannot honour (two optimizers stepped by SegGAN itself):
+    refused naming the model option that does the job, instead of Lightning's advice to edit training_step."""
+    if trainer.get("gradient_clip_val"):
+        raise UserError(
+            f"trainer.gradient_clip_val: {trainer.gradient_clip_val} is not applied by Lightning with manual "
+            "optimisation. Expected --model.gradient_clip_val (clips G's and D's gradient norms) instead."
+        )
+    if trainer.get("gradient_clip_algorithm") not in (None, "norm"):
+        raise UserError(
+            f"trainer.gradient_clip_algorithm: {trainer.gradient_clip_algorithm!r} is not supported; "
+            "model.gradient_clip_val clips by norm. Expected null."
+        )
+    if trainer.get("accumulate_grad_batches", 1) != 1:
+        raise UserError(
+            f"trainer.accumulate_grad_batches: {trainer.accumulate_grad_batches} is not supported with the "
+            "alternating D/G steps. Expected 1; raise data.batch_size (or use more devices) instead."
+        )
+    strategy = trainer.get("strategy")
+    if isinstance(strategy, str) and strategy.startswith(("fsdp", "deepspeed")):
+        raise UserError(
+            f"trainer.strategy: {strategy!r} is not supported: SegGAN alternates two optimizers with manual "
+            "optimisation. Expected a DDP strategy (ddp, ddp_spawn, or auto with devices > 1)."
+        )
 
 
 def check_writable(name: str, folder: str | None) -> None:

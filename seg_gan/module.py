@@ -25,12 +25,14 @@ from typing import Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, ParallelStrategy
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from seg_gan.errors import UserError
 from seg_gan.inference import InferenceMode, predict_logits, whole
+from seg_gan.lightning_private import find_unused_parameters
 from seg_gan.losses import (
     AdversarialLoss,
     RealEncoding,
@@ -393,11 +395,66 @@ class SegGAN(pl.LightningModule):
                                 gradient_clip_algorithm="norm")  # fmt: skip
         return norm.detach()
 
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and not isinstance(strategy, DeepSpeedStrategy):
+            find_unused_parameters(strategy)  # however Lightning arrived at DDP (auto, ddp_spawn, class path...)
+        elif isinstance(strategy, ParallelStrategy):
+            raise UserError(
+                f"trainer.strategy: {type(strategy).__name__} is not supported: SegGAN alternates two optimizers "
+                "with manual optimisation. Expected a DDP strategy for several devices or nodes (ddp, ddp_spawn, "
+                "ddp_fork, ddp_notebook, or strategy auto with devices > 1)."
+            )
+
+    # Options whose change alters the stored tensors (names or shapes); the rest only change evaluation or
+    # training and are taken from the run's own configuration, never from the checkpoint.
+    STRUCTURE = ("arch", "encoder_name", "num_classes", "discriminator", "spectral_norm", "lambda_adv")
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("hyper_parameters", {}).get("num_classes")
-        if saved is not None and saved != self.num_classes:
-            raise UserError(f"ckpt_path: the checkpoint was trained for {saved} classes, but the data has "
-                            f"{self.num_classes}. Expected a checkpoint trained on this dataset.")  # fmt: skip
+        """Refuse a checkpoint whose tensors do not fit this model, naming the option that differs."""
+        stored, own = checkpoint.get("state_dict", {}), self.state_dict()
+        misfit = sorted(set(stored) ^ set(own)) + [k for k in own if k in stored and stored[k].shape != own[k].shape]
+        saved = checkpoint.get("hyper_parameters", {})
+        if saved.get("num_classes", self.num_classes) != self.num_classes:
+            raise UserError(f"ckpt_path: the checkpoint was trained for {saved['num_classes']} classes, but the data "
+                            f"has {self.num_classes}. Expected a checkpoint trained on this dataset.")  # fmt: skip
+        if not misfit:
+            if self._trainer is not None and self.trainer.state.fn == "fit":
+                self._check_resume(saved)
+            return
+        differs = []
+        for name in self.STRUCTURE:
+            theirs, ours = saved.get(name), self.hparams.get(name)
+            if name == "lambda_adv" and theirs is not None and (theirs > 0) != (ours > 0):
+                differs.append(f"model.lambda_adv is {ours} here but {theirs} in the checkpoint (which "
+                               f"{'has' if theirs > 0 else 'has no'} discriminator)")  # fmt: skip
+            elif name != "lambda_adv" and name in saved and theirs != ours:
+                differs.append(f"model.{name} is {ours!r} here but {theirs!r} in the checkpoint")
+        found = "; ".join(differs) or f"{len(misfit)} tensors differ in name or shape (e.g. {misfit[:3]})"
+        raise UserError(
+            f"ckpt_path: the checkpoint's weights do not fit this model: {found}. Expected the options the "
+            "checkpoint was trained with (its run folder holds them in config.yaml: --config <run folder>/config.yaml)."
+        )
+
+    # Options a resumed run may change: evaluation, speed and guards. Any other difference would be silently
+    # undone by the restored optimizer and scheduler states, or would make a different experiment.
+    FREE_ON_RESUME = ("inference", "window", "stride", "flip_tta", "channels_last", "compile_models", "encoder_weights",
+                      "max_consecutive_skips", "collapse_patience", "class_names")  # fmt: skip
+
+    def _check_resume(self, saved: dict) -> None:
+        def plain(value):
+            return list(value) if isinstance(value, tuple) else value
+
+        changed = []
+        for name, value in saved.items():
+            if name in self.hparams and name not in self.FREE_ON_RESUME and plain(value) != plain(self.hparams[name]):
+                changed.append(f"model.{name} is {self.hparams[name]!r} here but {value!r} in the checkpoint")
+        if changed:
+            raise UserError(
+                f"ckpt_path: resuming a run with other training options: {'; '.join(changed)}. Expected the options "
+                "the run was trained with (evaluation and speed options may differ); to fine-tune from these "
+                "weights with new options, start a new run from them instead."
+            )
 
     def configure_optimizers(self):
         hp = self.hparams

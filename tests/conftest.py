@@ -1,5 +1,7 @@
 """Tiny datasets written into tmp dirs: Cityscapes and CamVid layouts, nothing from the network."""
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +88,28 @@ def every_id_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def camvid_root(tmp_path: Path) -> Path:
     return write_camvid(tmp_path / "camvid", {"train": 4, "val": 2})
+
+
+# ---- the suite never writes into the working tree -----------------------------------------------------------
+TREE_KEY = pytest.StashKey[set]()
+REPO = Path(__file__).resolve().parents[1]
+SCRATCH = {".git", "__pycache__", ".pytest_cache", ".ruff_cache"}  # caches Python and the tools keep
+
+
+def tree_files() -> set[Path]:
+    found = set()
+    for folder, subfolders, files in os.walk(REPO):
+        subfolders[:] = [d for d in subfolders if d not in SCRATCH and not d.endswith(".egg-info")]
+        found.update(Path(folder, name).relative_to(REPO) for name in files)
+    return found
+
+
+def pytest_sessionstart(session):
+    session.config.stash[TREE_KEY] = tree_files()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    new = sorted(map(str, tree_files() - session.config.stash[TREE_KEY]))
+    if new:  # a test wrote into the repository: fail the run, naming the files
+        print(f"\nerror: the test run wrote {len(new)} files into the working tree: {new[:10]}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

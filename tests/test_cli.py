@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from seg_gan.cli import main
@@ -96,10 +97,26 @@ def test_supervised_baseline_and_custom_discriminator_from_the_cli(cityscapes_ro
     assert state["state_dict"]["discriminator.net.0.weight"].shape == (3, 19, 3, 3)
 
 
-def test_fit_without_a_logger(cityscapes_root, tmp_path):
-    out = tmp_path / "nolog"
-    main(["fit", *tiny_args(cityscapes_root, out), "--trainer.logger", "false", "--trainer.max_steps", "2"])
-    assert (out / "config.yaml").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+def test_runs_without_a_logger_get_their_own_folders(cityscapes_root, tmp_path):
+    # two runs in one folder: neither overwrites the other's config, split or checkpoints
+    for lambda_adv in ["0.01", "0"]:
+        main(["fit", *tiny_args(cityscapes_root, tmp_path), "--trainer.logger", "false", "--trainer.max_steps", "2",
+              "--model.lambda_adv", lambda_adv, "--data.labeled_fraction", "0.5"])  # fmt: skip
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert [run.name for run in runs] == ["version_0", "version_1"]
+    for run, lambda_adv in zip(runs, [0.01, 0.0], strict=True):
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["model"]["lambda_adv"] == lambda_adv
+        assert len((run / "labeled_split.txt").read_text().split()) == 4
+        state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        assert state["hyper_parameters"]["lambda_adv"] == lambda_adv
+    assert not list(tmp_path.glob("*.yaml")) and not list(tmp_path.glob("*.txt"))
+
+
+def test_checkpointing_can_be_switched_off(cityscapes_root, tmp_path):
+    main(["fit", *tiny_args(cityscapes_root, tmp_path / "run"), "--trainer.enable_checkpointing", "false",
+          "--trainer.max_steps", "2"])  # fmt: skip
+    assert not list((tmp_path / "run").rglob("*.ckpt")) and list((tmp_path / "run").rglob("metrics.csv"))
 
 
 def test_sweep_definition_names_real_parameters():
@@ -177,6 +194,9 @@ def test_default_run_is_configs_synthetic_yaml(capsys):
     (["--data.crop_size", "[16, 64]"], "data.crop_size: [16, 64] is smaller than 32 pixels"),
     (["--data.root", "/nonexistent/cityscapes"], "data.root: '/nonexistent/cityscapes' does not exist"),
     (["--checkpoint.every_n_batches", "0"], "checkpoint.every_n_batches: 0 must be at least 1"),
+    (["--trainer.gradient_clip_val", "1.0"], "Expected --model.gradient_clip_val"),
+    (["--trainer.accumulate_grad_batches", "2"], "trainer.accumulate_grad_batches: 2 is not supported"),
+    (["--trainer.strategy", "fsdp"], "trainer.strategy: 'fsdp' is not supported"),
 ])  # fmt: skip
 def test_bad_input_exits_with_a_clear_message(cityscapes_root, tmp_path, capsys, args, expected):
     with pytest.raises(SystemExit) as exit_info:

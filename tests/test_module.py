@@ -1,5 +1,4 @@
 import csv
-from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -28,7 +27,6 @@ def fit_one_batch(model: SegGAN, root, max_steps: int = 1, logger=False, **data_
     settings = {"batch_size": 2, "num_workers": 0, "crop_size": (32, 64), "scale_range": (1, 1)} | data_args
     data = CityscapesDataModule(str(root), **settings)
     trainer = pl.Trainer(
-        default_root_dir=Path(root).parent,  # the run folder (labeled_split.txt) in the test's tmp dir, not the cwd
         max_steps=max_steps,
         limit_val_batches=0,
         logger=logger,

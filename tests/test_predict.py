@@ -115,3 +115,46 @@ def test_predict_on_a_folder_of_images_of_any_size(cityscapes_root, tmp_path):
     assert np.array(Image.open(out / "trainIds" / "photos" / "street" / "a_trainIds.png")).shape == (40, 70)
     assert np.array(Image.open(out / "labelIds" / "photos" / "b_labelIds.png")).shape == (50, 60)
     assert np.array(Image.open(out / "color" / "photos" / "b_color.png")).shape == (50, 60, 3)
+
+
+def test_evaluation_options_given_with_a_checkpoint_win(cityscapes_root, tmp_path, capsys):
+    """Options that do not change the weights come from the command line, not from the checkpoint;
+    options that would not fit the weights are refused, naming the checkpoint's value."""
+    from seg_gan import SegGAN
+    from seg_gan.data import CityscapesDataModule
+    from seg_gan.metrics import scores
+
+    main(["fit", *args(cityscapes_root, tmp_path / "fit", "--trainer.max_steps", "4")])
+    checkpoint = next((tmp_path / "fit").rglob("last.ckpt"))
+
+    def validate(name: str, *extra: str) -> float:
+        main(["validate", *args(cityscapes_root, tmp_path / name), "--ckpt_path", str(checkpoint), *extra])
+        (path,) = (tmp_path / name).rglob("metrics.csv")
+        (miou,) = [float(row["val/mIoU"]) for row in csv.DictReader(path.open()) if row.get("val/mIoU")]
+        return miou
+
+    whole = validate("whole")
+    slide = validate("slide", "--model.inference", "slide", "--model.window", "[32, 32]", "--model.stride", "[16, 16]")
+    # the same sliding-window figure, computed without the CLI
+    model = SegGAN.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False).eval()
+    data = CityscapesDataModule(str(cityscapes_root), num_workers=0)
+    data.setup("validate")
+    confmat = torch.zeros(19, 19, dtype=torch.long)
+    with torch.no_grad():
+        for item in data.val_set:
+            logits = predict_logits(model.generator, item["image"][None], mode="slide", window=(32, 32),
+                                    stride=(16, 16))  # fmt: skip
+            valid = item["mask"] != 255
+            pairs = item["mask"][valid] * 19 + logits.argmax(1)[0][valid]
+            confmat += torch.bincount(pairs, minlength=19 * 19).view(19, 19)
+    assert slide != pytest.approx(whole, abs=1e-6)
+    assert slide == pytest.approx(float(scores(confmat)["miou"]), abs=1e-6)
+    capsys.readouterr()
+    for extra, expected in [
+        (["--model.window", "[0, 0]", "--model.inference", "slide"], "model.window [0, 0]"),
+        (["--model.arch", "FPN"], "model.arch is 'FPN' here but 'Unet' in the checkpoint"),
+        (["--model.lambda_adv", "0"], "model.lambda_adv is 0.0 here but 0.01 in the checkpoint"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            main(["validate", *args(cityscapes_root, tmp_path / "bad"), "--ckpt_path", str(checkpoint), *extra])
+        assert stop.value.code == 2 and expected in capsys.readouterr().err, expected

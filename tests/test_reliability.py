@@ -131,3 +131,18 @@ def test_checkpoint_keeps_the_labeled_split_and_refuses_another(cityscapes_root,
     assert stop.value.code == 2
     assert "ckpt_path: the checkpoint was trained on another labeled subset" in capsys.readouterr().err
     assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 0  # untouched
+
+
+def test_resuming_with_other_training_options_is_refused(cityscapes_root, tmp_path, capsys):
+    main(["fit", *tiny_args(cityscapes_root, tmp_path / "a", "--trainer.max_epochs", "1")])
+    (last,) = list((tmp_path / "a").rglob("last.ckpt"))
+    resume = ["--trainer.max_epochs", "2", "--ckpt_path", str(last)]
+    with pytest.raises(SystemExit) as stop:  # the restored optimizer would silently keep the old rate
+        main(["fit", *tiny_args(cityscapes_root, tmp_path / "b", "--model.g_lr", "0.01"), *resume])
+    assert (
+        stop.value.code == 2
+        and "ckpt_path: resuming a run with other training options: model.g_lr is 0.01 here"
+        in (capsys.readouterr().err)
+    )
+    main(["fit", *tiny_args(cityscapes_root, tmp_path / "c", "--model.flip_tta", "true"), *resume])  # evaluation only
+    assert torch.load(next((tmp_path / "c").rglob("last.ckpt")), weights_only=False)["hyper_parameters"]["flip_tta"]

@@ -1,5 +1,7 @@
 """W&B offline: run a short fit, then read the run file W&B really wrote (no mocks)."""
 
+import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,12 @@ def test_offline_run_records_config_history_summary_and_media(cityscapes_root, t
     mious = [row["val/mIoU"] for row in contents["history"] if "val/mIoU" in row]
     assert len(mious) == 2
     assert contents["summary"]["val/mIoU"] == {"max": max(mious)}
+    # each validation's IoU table is that validation's, not the one before
+    tables = [row["val/IoU_table/path"] for row in contents["history"] if "val/IoU_table/path" in row]
+    assert len(tables) == len(mious)
+    for path, miou in zip(tables, mious, strict=True):
+        rows = json.loads((run_file.parent / "files" / path).read_text())["data"]
+        assert statistics.mean(iou for _, iou in rows if iou is not None) == pytest.approx(miou, abs=1e-6)
     examples = next(row for row in contents["history"] if "val/examples/count" in row)
     assert examples["val/examples/count"] == 2 * 3  # 3 val images, each with D's confidence map
     assert examples["val/IoU_table/_type"] == "table-file"

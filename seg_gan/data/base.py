@@ -233,8 +233,6 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.val_set = self._labelled_set(self.samples("val"), "val", train=False)
         if stage == "test":
             self.test_set = self._labelled_set(self.samples(self.test_split), self.test_split, train=False)
-        if stage == "fit":  # after every check: a refused input leaves nothing in the run folder
-            self.write_split()
         if stage == "predict":  # labels are not needed (Cityscapes' test labels are placeholders)
             if self.predict_dir is not None:
                 samples, where = image_folder(self.predict_dir), f"data.predict_dir {str(self.predict_dir)!r}"
@@ -258,17 +256,6 @@ class SegmentationDataModule(pl.LightningDataModule):
                 "Expected the same data.labeled_fraction, data.split_seed and data.labeled_list as the run being "
                 "resumed, or data.labeled_list pointing at that run's labeled_split.txt."
             )
-
-    def write_split(self) -> None:
-        """Keep the labeled names next to the run's outputs, so the run can be reproduced."""
-        from seg_gan.callbacks import run_dir
-
-        folder = None if self.trainer is None else run_dir(self.trainer)
-        if folder is None or not self.trainer.is_global_zero:
-            return
-        path = folder / "labeled_split.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(self.labeled_names) + "\n")
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler) -> DataLoader:
         """A training loader: its SeededSampler draws the order; the last incomplete batch is dropped."""

@@ -1,0 +1,31 @@
+"""The private Lightning names seg_gan relies on (seg_gan/lightning_private.py) still mean what they did.
+
+When one of these fails after a Lightning upgrade, fix seg_gan/lightning_private.py before anything else:
+the behaviour tests that depend on it are test_ddp_fit_keeps_g_and_d_identical_on_both_processes and
+test_evaluation_options_given_with_a_checkpoint_win.
+"""
+
+import inspect
+
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.strategies import DDPStrategy
+
+from seg_gan.cli import SegGANCLI
+from seg_gan.lightning_private import CLI_HPARAMS_HOOK, cli_applies_checkpoint_hparams, find_unused_parameters
+
+
+def test_ddp_strategy_wraps_the_model_with_its_ddp_kwargs():
+    strategy = DDPStrategy(find_unused_parameters=False)
+    find_unused_parameters(strategy)
+    assert strategy._ddp_kwargs == {"find_unused_parameters": True}
+    assert "DistributedDataParallel(module=model, device_ids=device_ids, **self._ddp_kwargs)" in inspect.getsource(
+        DDPStrategy._setup_model
+    )
+
+
+def test_lightning_cli_still_applies_checkpoint_hparams_through_the_overridden_hook():
+    assert cli_applies_checkpoint_hparams()
+    source = inspect.getsource(LightningCLI)
+    assert f"self.{CLI_HPARAMS_HOOK}()" in source  # called while parsing
+    assert "hyper_parameters" in inspect.getsource(getattr(LightningCLI, CLI_HPARAMS_HOOK))
+    assert CLI_HPARAMS_HOOK in vars(SegGANCLI)  # seg_gan's override is in place
