@@ -62,10 +62,13 @@ GRAY16 = (PIXELS[..., 0].astype(np.uint16) * 257) ^ 0x00F0  # spans 0..65535, lo
 IMAGES = {
     "1-bit": (".png", save(Image.fromarray(PIXELS[..., 0] > 127))),
     "L": (".png", save(Image.fromarray(PIXELS[..., 0]))),
+    "L 2-bit": (".png", lambda p: raw_png(p, PIXELS[..., :1] >> 6, 2, 0)),
     "L 4-bit": (".png", lambda p: raw_png(p, PIXELS[..., :1] >> 4, 4, 0)),
     "LA": (".png", save(Image.fromarray(PIXELS[..., :2], "LA"))),
     "LA 16-bit": (".png", lambda p: raw_png(p, PIXELS[..., :2].astype(np.uint16) * 257, 16, 4)),
     "P": (".png", save(palette_image(PIXELS[..., 0], PALETTE))),
+    "P 1-bit": (".png", save(palette_image(PIXELS[..., 0] >> 7, PALETTE[:2]), bits=1)),
+    "P 2-bit": (".png", save(palette_image(PIXELS[..., 0] >> 6, PALETTE[:4]), bits=2)),
     "P 4-bit": (".png", save(palette_image(PIXELS[..., 0] >> 4, PALETTE[:16]), bits=4)),
     "P transparency": (".png", save(palette_image(PIXELS[..., 0], PALETTE), transparency=3)),
     "RGB": (".png", save(Image.fromarray(PIXELS[..., :3]))),
