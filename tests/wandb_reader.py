@@ -8,6 +8,7 @@ record is a `wandb.proto.wandb_internal_pb2.Record`.
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
@@ -42,6 +43,17 @@ def read_records(path: Path) -> list:
     return [wandb_internal_pb2.Record.FromString(raw) for raw in records]
 
 
+def read_finished_records(path: Path, timeout: float = 30.0) -> list:
+    """The records once the run's last one (`exit`) is on disk: `run.finish()` can return before
+    W&B's writer has flushed the file's tail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(path)
+        if records and records[-1].WhichOneof("record_type") == "exit" or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def _key(item) -> str:
     return "/".join(item.nested_key) if item.nested_key else item.key
 
@@ -49,7 +61,7 @@ def _key(item) -> str:
 def run_contents(path: Path) -> dict:
     """{"config": {...}, "history": [{key: value}, ...], "summary": {...}} from one run file."""
     config, history, summary = {}, [], {}
-    for record in read_records(path):
+    for record in read_finished_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "config":
             config.update({_key(i): json.loads(i.value_json) for i in record.config.update})
