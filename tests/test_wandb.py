@@ -1,11 +1,13 @@
 """W&B offline: run a short fit, then read the run file W&B really wrote (no mocks)."""
 
 import json
+import os
+import shutil
 import statistics
 from pathlib import Path
 
 import pytest
-from wandb_reader import run_contents
+from wandb_reader import read_finished_records, run_contents
 
 from seg_gan.cli import main
 
@@ -62,3 +64,48 @@ def test_offline_run_records_config_history_summary_and_media(cityscapes_root, t
     main(wandb_args(cityscapes_root, out))  # a second run in the same folder: no clash
     assert len(list((out / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))) == 2
     assert len(list((out / "runs" / "seg_gan").glob("*/config.yaml"))) == 2
+
+
+@pytest.mark.slow  # ~10 s each; writes two checkpoints and W&B's staged copies of them (removed at the end)
+@pytest.mark.parametrize(
+    "extra, note",
+    [
+        (["--trainer.logger.log_model", "true"], "offline (no W&B API key found); log_model=True keeps"),
+        (
+            ["--trainer.logger.mode", "offline", "--trainer.logger.log_model", "all"],
+            "(mode 'offline'); log_model='all'",
+        ),
+        (["--trainer.logger.mode", "disabled", "--trainer.logger.log_model", "true"], "log_model=True is ignored"),
+    ],
+)
+def test_log_model_without_an_api_key(cityscapes_root, tmp_path, monkeypatch, recwarn, extra, note):
+    # Lightning refuses log_model with offline=True, yet offline W&B runs keep artifacts until `wandb sync`
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # W&B's artifact staging folder
+    out = tmp_path / "out"
+    args = wandb_args(cityscapes_root, out)
+    args[args.index("--trainer.max_epochs") + 1] = "1"
+    main(args + extra + ["--model.encoder_name", "mobilenet_v2"])  # small checkpoints: ~4x less to copy
+    notes = [str(w.message) for w in recwarn if "log_model=" in str(w.message)]
+    assert "WANDB_MODE" not in os.environ  # nothing set for the rest of the process (Lightning's offline=True does)
+    (checkpoints,) = (out / "runs" / "seg_gan").glob("*/checkpoints")
+    assert {p.name for p in checkpoints.iterdir()} == {"best.ckpt", "last.ckpt"}
+    run_files = list((out / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(notes) == 1 and note in notes[0], notes  # one warning for the whole run
+    if "disabled" in extra:  # nothing recorded, nothing staged
+        assert not run_files and not (tmp_path / "wandb-data").exists()
+        return
+    (run_file,) = run_files
+    records = read_finished_records(run_file)
+    assert records[-1].WhichOneof("record_type") == "exit"  # the run finished
+    artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    assert artifacts and all(a.type == "model" for a in artifacts)
+    assert any("best" in a.aliases for a in artifacts)
+    staged = [Path(e.local_path) for a in artifacts for e in a.manifest.contents]
+    sizes = {p.stat().st_size for p in checkpoints.iterdir()}
+    for path in staged:  # the copies `wandb sync` uploads, in WANDB_DATA_DIR
+        assert path.is_relative_to(tmp_path / "wandb-data" / "artifacts" / "staging") and path.stat().st_size in sizes
+    shutil.rmtree(tmp_path)  # hundreds of MB: do not keep them among pytest's retained tmp folders

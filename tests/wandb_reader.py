@@ -2,8 +2,8 @@
 
 The file is a LevelDB-log-framed stream: a 7-byte file header (":W&B", 2-byte magic, version), then
 32 KiB blocks of records, each with a 7-byte header (crc32c, little-endian length, type: 1 FULL,
-2 FIRST, 3 MIDDLE, 4 LAST); zeros pad a block's tail, also mid-file where the writer flushed. Each reassembled
-record is a `wandb.proto.wandb_internal_pb2.Record`.
+2 FIRST, 3 MIDDLE, 4 LAST); zeros pad a block's tail. Each reassembled record is a
+`wandb.proto.wandb_internal_pb2.Record`.
 """
 
 import json
@@ -28,7 +28,7 @@ def read_records(path: Path) -> list:
             position += left
             continue
         _crc, length, kind = struct.unpack("<IHB", data[position : position + HEADER])
-        if kind == 0 and length == 0:  # zero padding (the writer pads a block when it flushes): next block
+        if kind == 0 and length == 0:  # zeros up to the end of the block: the next block, or the file's end
             position += left
             continue
         chunk = data[position + HEADER : position + HEADER + length]
@@ -44,25 +44,25 @@ def read_records(path: Path) -> list:
     return [wandb_internal_pb2.Record.FromString(raw) for raw in records]
 
 
-def _key(item) -> str:
-    return "/".join(item.nested_key) if item.nested_key else item.key
-
-
-def finished_records(path: Path, timeout: float = 120.0) -> list:
-    """The records once the file holds the run's `exit` record: W&B's service process can still be
-    writing when `finish()` has returned (seen under load: the last media rows arrived later)."""
+def read_finished_records(path: Path, timeout: float = 120.0) -> list:
+    """The records once the run's last one (`exit`) is on disk: `run.finish()` can return before
+    W&B's writer has flushed the file's tail."""
     deadline = time.monotonic() + timeout
     while True:
         records = read_records(path)
-        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+        if records and records[-1].WhichOneof("record_type") == "exit" or time.monotonic() > deadline:
             return records
-        time.sleep(0.5)
+        time.sleep(0.2)
+
+
+def _key(item) -> str:
+    return "/".join(item.nested_key) if item.nested_key else item.key
 
 
 def run_contents(path: Path) -> dict:
     """{"config": {...}, "history": [{key: value}, ...], "summary": {...}} from one finished run file."""
     config, history, summary = {}, [], {}
-    for record in finished_records(path):
+    for record in read_finished_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "config":
             config.update({_key(i): json.loads(i.value_json) for i in record.config.update})
