@@ -1,6 +1,6 @@
 # seg_gan developer commands; `make help` lists them.
 PYTHON ?= python
-CAMVID ?= ../shared/data/camvid
+CAMVID ?=
 
 .PHONY: help install test test-fast lint format train debug bench-data bench-step bench-inference bench-gpu bench-semi clean
 
@@ -42,7 +42,8 @@ bench-inference:  ## inference benchmark (whole image vs sliding window at full 
 bench-gpu:  ## GPU training step: fp32, bf16, channels_last, cudnn.benchmark, torch.compile (needs CUDA)
 	$(PYTHON) -m seg_gan.bench gpu
 
-bench-semi:  ## the CamVid semi-supervised grid (CAMVID=path; needs the experiments extra; hours on a CPU)
+bench-semi:  ## the CamVid semi-supervised grid: make bench-semi CAMVID=/path/to/CamVid (experiments extra)
+	@test -n "$(CAMVID)" || (echo "error: give the CamVid folder: make bench-semi CAMVID=/path/to/CamVid" >&2; exit 2)
 	$(PYTHON) -m seg_gan.bench semi --root $(CAMVID)
 
 clean:  ## remove run outputs and caches in this folder

@@ -1,171 +1,28 @@
-"""Experiment tracking: a W&B logger that never blocks, the config saver, and W&B media logging.
+"""Callbacks that write a run's outputs: its record (config.yaml, labeled_split.txt), W&B media, and
+the prediction files.
 
-- `WandbLogger`: Lightning's, recording offline when there is no API key (or when going online
-  fails), with `val/mIoU` summarised as its max; the run is finished at the end so a second run in
-  the same process or folder starts clean.
-- `SaveConfig`: writes the resolved `config.yaml` into the run's own folder and hands the whole
+- `SaveConfig`: the resolved config.yaml and the labeled split into the run's own folder; the whole
   configuration to the logger (the W&B run config), so runs can be grouped by any parameter.
 - `WandbMedia`: fixed validation images with prediction / ground-truth masks (and D's confidence),
   the per-class IoU table each validation, the confusion matrix at the end of fit.
-- `PredictionWriter`: label-id / train-id PNGs and colour overlays from `predict`.
-- `Checkpoint`: ModelCheckpoint with atomic writes, random states for exact resume, save on SIGTERM.
+- `PredictionWriter`: train-id / label-id PNGs and colour overlays from `predict`.
 """
 
-import netrc
-import os
-import random
-import re
-import weakref
 from pathlib import Path
-from typing import Literal
 
 import lightning.pytorch as pl
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
-from lightning.pytorch.loggers.logger import rank_zero_experiment
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
 from seg_gan.errors import UserError
-from seg_gan.models import IMAGENET_MEAN, IMAGENET_STD
-
-
-def has_wandb_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-class WandbLogger(LightningWandbLogger):
-    """Lightning's WandbLogger (same arguments) that records offline instead of prompting or failing.
-
-    Offline (no API key, going online failed, `offline`, `mode: offline`), `log_model` still logs the
-    checkpoints: as artifacts of the offline run, copied into `$WANDB_DATA_DIR/artifacts/staging` until
-    `wandb sync` uploads them (one warning says so).
-
-    Args:
-        name: run name shown in W&B.
-        save_dir: folder for W&B's files and the run folders (checkpoints, config.yaml).
-        project: W&B project.
-        group: W&B group (e.g. one per experiment arm).
-        tags: W&B tags.
-        offline: record offline (upload later with `wandb sync <save_dir>/wandb/offline-run-*`).
-        log_model: log checkpoints as W&B artifacts (`true`: at the end, `all`: as saved).
-        **kwargs: Lightning's (`id`, `prefix`, ...) and `wandb.init`'s (`entity`, `resume`, `mode`, ...).
-    """
-
-    def __init__(self, name: str | None = None, save_dir: str = "runs", project: str = "seg_gan",
-                 group: str | None = None, tags: list[str] | None = None, offline: bool = False,
-                 log_model: bool | str = False, **kwargs):  # fmt: skip
-        mode = "offline" if offline else kwargs.get("mode") or os.environ.get("WANDB_MODE")
-        reason = "offline=True" if offline else f"mode {mode!r}"
-        if mode in (None, "online") and not has_wandb_credentials():
-            mode, reason = "offline", "no W&B API key found"  # no account here: record locally, never prompt
-        Path(save_dir).mkdir(parents=True, exist_ok=True)
-        # W&B's own `mode`, not Lightning's `offline`: that refuses log_model (W&B keeps artifacts of offline
-        # runs) and sets WANDB_MODE for the rest of the process
-        kwargs["mode"] = mode
-        super().__init__(name=name, save_dir=save_dir, project=project, log_model=log_model, group=group, tags=tags,
-                         **kwargs)  # fmt: skip
-        if mode in ("offline", "dryrun"):
-            self._warn_artifacts_offline(reason)
-        elif mode == "disabled" and log_model:  # W&B would still copy every checkpoint into its staging folder
-            rank_zero_warn(f"W&B is disabled (mode 'disabled'): log_model={log_model!r} is ignored.")
-            self._log_model = False
-
-    def _warn_artifacts_offline(self, reason: str) -> None:
-        if self._log_model:
-            from wandb.env import get_data_dir
-
-            rank_zero_warn(f"W&B records this run offline ({reason}); log_model={self._log_model!r} keeps the "
-                           f"checkpoints as artifacts of the offline run, copied into {get_data_dir()}/artifacts/"
-                           f"staging (WANDB_DATA_DIR) until `wandb sync {self.save_dir}/wandb/offline-run-*` "
-                           "uploads them.")  # fmt: skip
-
-    @property
-    @rank_zero_experiment
-    def experiment(self):
-        if self._experiment is None:
-            try:
-                super().experiment  # noqa: B018 - creates the run
-            except Exception as error:  # no network, server down, bad key: keep training, offline
-                rank_zero_warn(f"W&B could not start online ({error}); recording offline instead.")
-                self._wandb_init["mode"] = "offline"
-                self._warn_artifacts_offline("going online failed")
-                super().experiment  # noqa: B018
-            if hasattr(self._experiment, "define_metric"):
-                self._experiment.define_metric("val/mIoU", summary="max")
-        return self._experiment
-
-    @rank_zero_only
-    def finalize(self, status: str) -> None:
-        super().finalize(status)
-        if self._experiment is not None:
-            self._experiment.finish()
-            self._experiment = None  # a later fit/validate in this process starts a new run
-
-
-def runs_root(trainer: pl.Trainer) -> Path:
-    """The folder that holds this project's run folders: <save_dir>/<name> of the first logger (W&B:
-    <save_dir>/<project>), or <default_root_dir>/runs without a logger."""
-    if trainer.loggers:
-        logger = trainer.loggers[0]
-        return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name)
-    return Path(trainer.default_root_dir) / "runs"
-
-
-_RUN_DIRS: "weakref.WeakKeyDictionary[pl.Trainer, Path]" = weakref.WeakKeyDictionary()
-
-
-def run_dir(trainer: pl.Trainer) -> Path:
-    """This run's own folder, chosen once per Trainer: <runs_root>/<logger version> (W&B: the run id;
-    CSV/TensorBoard: version_N), or a new <default_root_dir>/runs/version_N without a logger, so no run
-    ever writes into another's folder. Call it from a hook that runs on every process (setup): rank 0
-    chooses and the others receive its choice."""
-    if trainer in _RUN_DIRS:
-        return _RUN_DIRS[trainer]
-    folder = None
-    if trainer.loggers:
-        version = trainer.loggers[0].version
-        folder = runs_root(trainer) / (version if isinstance(version, str) else f"version_{version}")
-    elif trainer.is_global_zero:
-        folder = new_version_folder(runs_root(trainer))
-    folder = trainer.strategy.broadcast(folder)
-    _RUN_DIRS[trainer] = folder
-    return folder
-
-
-def new_version_folder(parent: Path) -> Path:
-    """Creates and returns parent/version_N for the first N not taken (mkdir is atomic: two runs
-    started at once get different folders)."""
-    parent.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name[8:]) for p in parent.glob("version_*") if p.name[8:].isdigit()]
-    number = max(taken, default=-1) + 1
-    while True:
-        try:
-            (parent / f"version_{number}").mkdir()
-            return parent / f"version_{number}"
-        except FileExistsError:
-            number += 1
-
-
-def fresh_path(folder: Path, name: str) -> Path:
-    """folder/name, or folder/<stem>_2<suffix>, _3, ... if taken: a run record is never overwritten
-    (a resumed W&B run or a fixed logger version can point two runs at one folder)."""
-    path, number = folder / name, 1
-    while path.exists():
-        number += 1
-        path = folder / f"{Path(name).stem}_{number}{Path(name).suffix}"
-    return path
+from seg_gan.runs import fresh_path, run_dir
+from seg_gan.viz import colormap, confusion_figure, denormalize
 
 
 class SaveConfig(SaveConfigCallback):
@@ -190,92 +47,6 @@ class SaveConfig(SaveConfigCallback):
         self.already_saved = trainer.strategy.broadcast(True)
 
 
-def rng_states() -> dict:
-    """The global random states (torch, CUDA, numpy, Python) as plain objects (loads with weights_only)."""
-    name, keys, position, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [name, keys.tolist(), position, has_gauss, cached],
-            "torch.cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}  # fmt: skip
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
-    if states.get("torch.cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["torch.cuda"])
-
-
-class Checkpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, in the run's own folder and resumable bit for bit.
-
-    - Writes into `<run folder>/checkpoints` (see `run_dir`), also without a logger, so two runs never
-      share a checkpoint folder. Lightning writes each file atomically (temporary file, then rename).
-    - Keeps the random states (torch, numpy, python, CUDA) in the checkpoint and restores them, so a
-      run resumed from a checkpoint taken at an epoch end continues exactly like an uninterrupted one
-      (same data order and augmentations).
-    - On SIGTERM (SLURM pre-emption, `scancel`), saves `last.ckpt` before the run stops.
-    - `--ckpt_path last` (resolved by the CLI) takes the newest `last.ckpt` of all the project's run folders.
-
-    Args:
-        every_n_batches: also write `last.ckpt` every N training batches (null: at epoch ends only).
-            Resuming from such a mid-epoch checkpoint is supported but not bit-exact.
-        monitor: metric that picks `best.ckpt`.
-        mode: 'max' or 'min' of the monitored metric.
-        filename: name of the best checkpoint.
-        save_last: keep `last.ckpt`.
-        dirpath: checkpoint folder (null: `<run folder>/checkpoints`).
-    """
-
-    def __init__(
-        self,
-        every_n_batches: int | None = None,
-        monitor: str | None = "val/mIoU",
-        mode: Literal["min", "max"] = "max",
-        filename: str | None = "best",
-        save_last: bool = True,
-        dirpath: str | None = None,
-    ):
-        if every_n_batches is not None and every_n_batches < 1:
-            raise UserError(f"checkpoint.every_n_batches: {every_n_batches} must be at least 1 (or null).")
-        super().__init__(dirpath=dirpath, monitor=monitor, mode=mode, filename=filename, save_last=save_last,
-                         auto_insert_metric_name=False)  # fmt: skip
-        self.every_n_batches = every_n_batches
-
-    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
-        if self.dirpath is None:  # Lightning's default would be <default_root_dir>/checkpoints without a logger
-            self.dirpath = str(run_dir(trainer) / "checkpoints")
-        super().setup(trainer, pl_module, stage)
-
-    def _last_path(self) -> str:
-        return os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        batches = trainer.fit_loop.epoch_loop.total_batch_idx + 1
-        if self.every_n_batches and batches % self.every_n_batches == 0:
-            trainer.save_checkpoint(self._last_path())
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint["rng_states"] = rng_states()
-
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
-        if "rng_states" in checkpoint:
-            set_rng_states(checkpoint["rng_states"])
-
-    def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and self.dirpath is not None:
-            trainer.save_checkpoint(self._last_path())
-
-
-def newest_last_checkpoint(root: Path) -> Path | None:
-    """The newest last.ckpt (or last-v1.ckpt, ...) under root/<run>/checkpoints/, or None."""
-    found = [p for p in root.glob("*/checkpoints/last*.ckpt") if re.fullmatch(r"last(-v\d+)?", p.stem)]
-    return max(found, key=lambda p: p.stat().st_mtime, default=None)
-
-
 class WandbMedia(pl.Callback):
     """W&B media: fixed validation images with masks, per-class IoU table, confusion matrix.
 
@@ -291,7 +62,7 @@ class WandbMedia(pl.Callback):
     @staticmethod
     def _run(trainer: pl.Trainer):
         for logger in trainer.loggers:
-            if isinstance(logger, LightningWandbLogger):
+            if isinstance(logger, WandbLogger):
                 return logger.experiment
         return None
 
@@ -353,33 +124,6 @@ class WandbMedia(pl.Callback):
         figure = confusion_figure(result["confmat"], pl_module.class_names)
         run.log({"val/confusion_matrix": wandb.Image(figure), "trainer/global_step": trainer.global_step})
         plt.close(figure)
-
-
-def denormalize(image: torch.Tensor) -> np.ndarray:
-    """[3, H, W] ImageNet-normalised -> [H, W, 3] uint8."""
-    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (image.cpu() * std + mean).clamp(0, 1).mul(255).byte().permute(1, 2, 0).numpy()
-
-
-def colormap(values: np.ndarray) -> np.ndarray:
-    """[H, W] in [0, 1] -> [H, W, 3] uint8 (viridis)."""
-    return (matplotlib.colormaps["viridis"](values)[..., :3] * 255).astype(np.uint8)
-
-
-def confusion_figure(confmat: torch.Tensor, class_names: list[str]):
-    """Row-normalised confusion matrix (rows = ground truth) as a matplotlib figure."""
-    counts = confmat.double()
-    rates = (counts / counts.sum(1, keepdim=True).clamp(min=1)).numpy()
-    size = max(4, 0.35 * len(class_names) + 2)
-    figure, axes = plt.subplots(figsize=(size, size))
-    axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    axes.set_xticks(range(len(class_names)), class_names, rotation=90)
-    axes.set_yticks(range(len(class_names)), class_names)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("ground truth")
-    axes.set_title("confusion (row-normalised)")
-    figure.tight_layout()
-    return figure
 
 
 class PredictionWriter(BasePredictionWriter):

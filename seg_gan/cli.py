@@ -1,7 +1,6 @@
 """`python -m seg_gan fit|validate|test|predict`: LightningCLI with the data module linked into the model.
 
-With no --config, the CLI's defaults are the embedded synthetic run (configs/synthetic.yaml spells
-out the same values; a test keeps the two equal).
+With no --config, the CLI's defaults are the embedded synthetic run of `seg_gan/default.yaml`.
 """
 
 import os
@@ -10,40 +9,27 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
+import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from seg_gan.callbacks import (
-    Checkpoint,
-    PredictionWriter,
-    SaveConfig,
-    WandbMedia,
-    newest_last_checkpoint,
-    runs_root,
-)
+from seg_gan.callbacks import PredictionWriter, SaveConfig, WandbMedia
+from seg_gan.checkpoint import Checkpoint, check_checkpoint_file, newest_last_checkpoint
 from seg_gan.data import SegmentationDataModule
 from seg_gan.errors import UserError, clean_message, find_user_error
 from seg_gan.module import SegGAN
+from seg_gan.runs import runs_root
 
-# The embedded default run: synthetic street scenes, a small fast generator, Adam.
-DEFAULTS = {
-    "data": {
-        "class_path": "seg_gan.data.SyntheticCityscapesDataModule",
-        "init_args": {"batch_size": 8, "num_workers": 2, "scale_range": [0.75, 1.25], "crop_size": [96, 192]},
-    },
-    "model.arch": "FPN",
-    "model.encoder_name": "resnet18",
-    "model.g_optimizer": "adam",
-    "model.g_lr": 2e-3,
-    "model.g_weight_decay": 0.0,
-    "model.d_lr": 1e-4,
-    "trainer.max_epochs": 4,
-    "trainer.logger": {
-        "class_path": "seg_gan.callbacks.WandbLogger",
-        "init_args": {"project": "seg_gan", "save_dir": "runs"},
-    },
-}
+DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")  # the embedded default run, shipped in the package
+
+
+def default_values() -> dict:
+    """seg_gan/default.yaml as parser defaults: `model.arch`-style keys, the data module as a class path."""
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    values = {"seed_everything": config.pop("seed_everything"), "data": config.pop("data")}
+    for group, options in config.items():  # model, trainer
+        values |= {f"{group}.{name}": value for name, value in options.items()}
+    return values
 
 
 class SegGANCLI(LightningCLI):
@@ -52,7 +38,7 @@ class SegGANCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.ignore_index", "model.ignore_index", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
-        parser.set_defaults(DEFAULTS)
+        parser.set_defaults(default_values())
         # `predict` writes files: --writer.output_dir, --writer.overwrite, --writer.alpha
         parser.add_class_arguments(PredictionWriter, "writer")
         # best.ckpt / last.ckpt unless trainer.enable_checkpointing is false: --checkpoint.every_n_batches, ...
@@ -61,22 +47,12 @@ class SegGANCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         # Lightning's version replaces the model options given by the user with the checkpoint's stored
         # hyperparameters (a sliding-window validate would silently run whole-image). Here the user's
-        # options win; SegGAN.on_load_checkpoint refuses the ones that do not fit the stored weights.
+        # options win; SegGAN.on_load_checkpoint refuses those that do not fit the stored weights.
         # Only a missing or unreadable file is reported now, before anything is built.
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
-            return
-        if not Path(ckpt_path).is_file():
-            raise UserError(
-                f"ckpt_path: {ckpt_path!r} is not a file. Expected a checkpoint saved by fit "
-                "(runs/seg_gan/<run id>/checkpoints/last.ckpt or best.ckpt)."
-            )
-        try:  # mmap: reads the archive's index, not the weights
-            torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"ckpt_path: {ckpt_path!r} could not be read as a checkpoint ({first_line}).") from None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+            check_checkpoint_file(ckpt_path)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

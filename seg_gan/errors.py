@@ -27,3 +27,9 @@ def clean_message(error: BaseException) -> str:
     text = str(error)
     marker = "UserError: "
     return text.rsplit(marker, 1)[-1].strip() if "Original Traceback" in text else text
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise UserError(message) unless `condition` holds: one line per checked option."""
+    if not condition:
+        raise UserError(message)

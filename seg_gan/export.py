@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seg_gan.checkpoint import load_model
 from seg_gan.errors import UserError
 
 EXAMPLE = (2, 3, 256, 512)  # batch 2: with batch 1, torch.export specialises Segformer and UPerNet to 1
@@ -28,19 +29,6 @@ TOLERANCE = 1e-3  # max abs logit difference, relative to the largest PyTorch lo
 MAX_WEIGHT_BYTES = 2**31 - 2**26
 # measured with resnet18 (torch 2.14, onnxruntime 1.32); the check below detects them whatever the list says
 NOT_EXPORTABLE = ("PSPNet", "UPerNet")
-
-
-def load_model(ckpt_path: Path):
-    from seg_gan.module import SegGAN
-
-    if not ckpt_path.is_file():
-        raise UserError(f"--ckpt_path: {str(ckpt_path)!r} is not a file. Expected a checkpoint saved by `fit`.")
-    try:
-        return SegGAN.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=False).eval()
-    except Exception as error:  # truncated zip, wrong format, foreign checkpoint, ...
-        raise UserError(
-            f"--ckpt_path: {str(ckpt_path)!r} could not be loaded as a seg_gan checkpoint ({error})."
-        ) from None
 
 
 def export_onnx(generator: nn.Module, output: Path, name: str | None = None) -> float:
@@ -152,7 +140,7 @@ def main(args: list[str]) -> None:
     options = parser.parse_args(args)
     output = options.output or options.ckpt_path.with_suffix(".onnx")
     check_output(output)  # before the checkpoint is read: a bad --output fails at once
-    model = load_model(options.ckpt_path)
+    model = load_model(options.ckpt_path, name="--ckpt_path")
     name = f"model.arch {model.hparams.arch!r} (encoder {model.hparams.encoder_name!r})"
     try:
         difference = export_onnx(model.generator, output, name)

@@ -110,3 +110,65 @@ def generator_adversarial_loss(fake_logits: torch.Tensor, kind: AdversarialLoss,
     else:
         raise ValueError(f"unknown adversarial loss {kind!r}; expected 'bce', 'lsgan' or 'hinge'")
     return _masked_mean(loss, weight)
+
+
+def discriminator_accuracy(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, real_weight: torch.Tensor, fake_weight: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """GAN-health figures of one D step: mean D probability on real (`d_real`) and fake (`d_fake`) maps
+    over the weighted pixels, and the share of weighted pixels D puts on the right side (`d_accuracy`)."""
+    with torch.no_grad():
+        right = ((real_logits > 0) * real_weight).sum() + ((fake_logits < 0) * fake_weight).sum()
+        return {
+            "d_real": _masked_mean(torch.sigmoid(real_logits), real_weight),
+            "d_fake": _masked_mean(torch.sigmoid(fake_logits), fake_weight),
+            "d_accuracy": right / (real_weight.sum() + fake_weight.sum()).clamp(min=1),
+        }
+
+
+def flip_labels(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, probability: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy labels for D (a stabiliser when D wins too easily): with `probability`, per labeled image,
+    its real and fake logits swap places in D's loss. `fake_logits` holds the B labeled fakes first, then
+    any unlabeled ones, which never flip. Same image, same valid pixels, so the loss weights stay put.
+
+    Args:
+        real_logits: [B, 1, ...] D on the real maps.
+        fake_logits: [B + Bu, 1, ...] D on the labeled, then the unlabeled fake maps.
+        probability: in [0, 0.5); draws from torch's global generator.
+
+    Returns:
+        (real_logits, fake_logits) as D's loss should see them.
+    """
+    if probability == 0:
+        return real_logits, fake_logits
+    count = len(real_logits)
+    flip = torch.rand(count, device=real_logits.device) < probability  # [B]
+    flip = flip.view(-1, *[1] * (real_logits.dim() - 1))
+    labeled_fake = fake_logits[:count]
+    swapped_fake = torch.cat([torch.where(flip, real_logits, labeled_fake), fake_logits[count:]])
+    return torch.where(flip, labeled_fake, real_logits), swapped_fake
+
+
+def confidence_mask(d_logits: torch.Tensor, threshold: float, size: tuple[int, int]) -> torch.Tensor:
+    """Where D trusts a prediction (Hung et al. 2018): sigmoid(D) > threshold, as bool [B, H, W] at
+    `size`. A patch or image-level D's scores ([B, 1, h, w] or [B, 1, 1, 1]) are spread over the pixels
+    they cover (nearest), so an image-level D trusts or rejects whole images (s4GAN)."""
+    with torch.no_grad():
+        confident = (torch.sigmoid(d_logits) > threshold).float()
+        if confident.shape[-2:] != tuple(size):
+            confident = F.interpolate(confident, size=tuple(size), mode="nearest")
+        return confident[:, 0].bool()
+
+
+def pseudo_labels(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Self-training targets: G's own argmax [B, H, W] where `mask` (bool [B, H, W]) holds, void elsewhere."""
+    with torch.no_grad():
+        return torch.where(mask, logits.argmax(1), ignore_index)
+
+
+def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tensor) -> torch.Tensor:
+    """s4GAN (Mittal et al. 2019): mean absolute difference between the batch-mean D features of real
+    label maps ([B, F], no gradient) and of G's unlabeled predictions ([Bu, F]), a scalar."""
+    return (real_features.detach().mean(0) - fake_features.mean(0)).abs().mean()

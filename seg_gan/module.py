@@ -1,59 +1,66 @@
-"""The LightningModule: generator G, discriminator D, the alternating D/G steps and the metrics.
+"""The LightningModule: generator G, discriminator D, the alternating D/G steps, and evaluation.
 
-One training batch, in this order (manual optimisation, Lightning's GAN pattern):
-  1. G forward once:               logits [B, C, H, W], probs = softmax(logits)
-  2. D step (skipped if lambda_adv == 0, where D does not exist):
-     real = encode_real(mask), fake = probs.detach(); one batched D forward on [real; fake];
-     void pixels masked out of the loss; only D's parameters change.
-  3. G step: cross-entropy(logits, mask) + lambda_adv * adversarial(D(probs)), with D frozen
-     through `toggled_optimizer`; only G's parameters change.
-  4. Poly learning-rate schedules stepped by hand, once per batch.
-Semi-supervised (Hung et al. 2018), when the batch also holds unlabeled images (data.unlabeled_stream):
-  G also runs on the unlabeled images; D's fake batch includes those predictions; G gets
-  lambda_semi_adv x adversarial loss on them, and from batch `semi_start` on lambda_semi x
-  cross-entropy against its own argmax where D's confidence sigmoid(D) > mask_threshold.
-  semi_method "s4gan" (Mittal et al. 2019) replaces the unlabeled adversarial term by feature matching
-  (lambda_fm x |mean D features of real labeled maps - mean D features of unlabeled predictions|) with the
-  image-level D, whose per-image score then picks the unlabeled images that self-train as a whole.
+One training batch (manual optimisation, as in Lightning's GAN example):
+  1. G forward, once for both steps: `GOutput` (labeled logits [B, C, H, W], softmax, and with the
+     unlabeled stream the same for the unlabeled images).
+  2. D step: real = encoded labels, fake = G's softmax maps (detached), one batched D forward, void
+     pixels out of the loss; only D's parameters change.
+  3. G step: cross-entropy + lambda_adv x adversarial term (+ the semi-supervised terms of
+     `seg_gan.semi`), D frozen by `toggled_optimizer`; only G's parameters change.
+  4. Poly learning-rate schedules, stepped once per batch.
+`lambda_adv: 0` is the supervised baseline: no D is built, so step 2 and the adversarial terms vanish.
+The loss maths are pure functions in `seg_gan.losses`; the checks that keep a run sane
+(non-finite losses, D collapse) are in `seg_gan.guards`.
 With two optimizers Lightning's `global_step` advances twice per batch; schedules count batches.
 """
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, ParallelStrategy
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
-from torchmetrics.classification import MulticlassConfusionMatrix
 
-from seg_gan.errors import UserError
+from seg_gan import semi
+from seg_gan.checkpoint import check_checkpoint_fits
+from seg_gan.guards import StabilityGuard, check_options, prepare_strategy
 from seg_gan.inference import InferenceMode, predict_logits, whole
-from seg_gan.lightning_private import find_unused_parameters
 from seg_gan.losses import (
     AdversarialLoss,
     RealEncoding,
     cross_entropy,
+    discriminator_accuracy,
     discriminator_loss,
     encode_real,
+    flip_labels,
     generator_adversarial_loss,
     valid_mask,
 )
-from seg_gan.metrics import iou_table, scores
+from seg_gan.metrics import SegmentationMetrics
 from seg_gan.models import build_discriminator, build_generator
 from seg_gan.models.discriminators import DiscriminatorName
 from seg_gan.models.generator import Arch
 
 
-class TrainingDiverged(UserError):
-    """Too many non-finite losses in a row: reported like a bad input, without a traceback."""
+@dataclass
+class GOutput:
+    """What one G forward made, shared by the D step and the G step of a batch."""
+
+    image: torch.Tensor  # [B, 3, H, W] labeled images, normalised
+    target: torch.Tensor  # [B, H, W] int64 train ids, ignore_index = void
+    logits: torch.Tensor  # [B, C, H, W]
+    probs: torch.Tensor  # [B, C, H, W] softmax
+    u_image: torch.Tensor | None = None  # [Bu, 3, H, W] unlabeled images (semi-supervised)
+    u_logits: torch.Tensor | None = None  # [Bu, C, H, W]
+    u_probs: torch.Tensor | None = None  # [Bu, C, H, W]
 
 
 class SegGAN(pl.LightningModule):
-    """Adversarial semantic segmentation (Luc et al. 2016; Hung et al. 2018).
+    """Adversarial semantic segmentation (Luc et al. 2016; Hung et al. 2018; Mittal et al. 2019).
 
     Args:
         num_classes: number of classes (linked from the data module).
@@ -90,15 +97,14 @@ class SegGAN(pl.LightningModule):
         channels_last: run G and D in the channels_last memory format (faster convolutions on
             recent GPUs and some CPUs).
         compile_models: torch.compile G and D (in place: checkpoint keys do not change). Measured slower
-            than eager on an H100 (README, Benchmarks: gpu), so off by default.
+            than eager on an H100 (seg_gan/bench/README.md, gpu), so off by default.
         inference: validation/test/predict on the 'whole' image, or a sliding window ('slide') for
             models trained on crops.
         window: sliding window (height, width).
         stride: sliding window stride (height, width); overlapping logits are averaged.
         flip_tta: also run on the horizontally flipped image and average the logits.
         max_consecutive_skips: a non-finite G or D loss skips that optimizer step (counted in
-            train/skipped_steps); this many skips in a row of G's steps, or of D's steps, stop the run
-            with a message (the two are counted apart, so D's finite steps do not hide G's failures).
+            train/skipped_steps); this many skips in a row of one network stop the run with a message.
         d_every_n_batches: update D on every N-th batch only (1 = every batch).
         g_every_n_batches: update G on every N-th batch only (1 = every batch); with D every batch this
             is the "several D steps per G step" ratio. Other batches run G without gradients.
@@ -132,7 +138,7 @@ class SegGAN(pl.LightningModule):
         lambda_semi_adv: float = 0.001,
         lambda_semi: float = 0.1,
         mask_threshold: float = 0.2,
-        semi_method: Literal["hung", "s4gan"] = "hung",
+        semi_method: semi.Method = "hung",
         lambda_fm: float = 0.1,
         semi_start: int = 5000,
         poly_power: float = 0.9,
@@ -151,73 +157,26 @@ class SegGAN(pl.LightningModule):
         collapse_patience: int = 500,
     ):
         super().__init__()
-        non_negative = {
-            "lambda_adv": lambda_adv,
-            "lambda_semi_adv": lambda_semi_adv,
-            "lambda_semi": lambda_semi,
-            "lambda_fm": lambda_fm,
-            "semi_start": semi_start,
-            "g_weight_decay": g_weight_decay,
-            "poly_power": poly_power,
-        }
-        for name, value in non_negative.items():
-            if value < 0:
-                raise UserError(f"model.{name}: {value} is below zero; expected a value >= 0.")
-        for name, value in [("g_lr", g_lr), ("d_lr", d_lr), ("num_classes", num_classes)]:
-            if value <= 0:
-                raise UserError(f"model.{name}: {value} must be positive.")
-        if not 0 <= mask_threshold <= 1:
-            raise UserError(f"model.mask_threshold: {mask_threshold} is outside [0, 1]; expected a D confidence.")
-        at_least_one = {"max_consecutive_skips": max_consecutive_skips, "d_every_n_batches": d_every_n_batches,
-                        "g_every_n_batches": g_every_n_batches, "collapse_patience": collapse_patience}  # fmt: skip
-        for name, value in at_least_one.items():
-            if value < 1:
-                raise UserError(f"model.{name}: {value} must be at least 1.")
-        if not 0 <= label_flip < 0.5:
-            raise UserError(f"model.label_flip: {label_flip} is outside [0, 0.5); expected a small probability.")
-        if instance_noise < 0:
-            raise UserError(f"model.instance_noise: {instance_noise} is below zero; expected a std >= 0.")
-        if min(window) <= 0 or min(stride) <= 0:
-            raise UserError(f"model.window {list(window)} and model.stride {list(stride)} must be positive.")
-        if gradient_clip_val is not None and gradient_clip_val <= 0:
-            raise UserError(f"model.gradient_clip_val: {gradient_clip_val} must be positive or null.")
         self.save_hyperparameters(ignore=[] if isinstance(discriminator, str) else ["discriminator"])
+        check_options(self.hparams)
         self.automatic_optimization = False
-        self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self.lambda_adv, self.adversarial_loss, self.real_encoding = lambda_adv, adversarial_loss, real_encoding
         self.generator = build_generator(arch, encoder_name, encoder_weights, num_classes)
-        # The supervised baseline has no D at all: same code path, nothing built, nothing run.
-        self.discriminator: nn.Module | None = None
+        self.discriminator: nn.Module | None = None  # the supervised baseline has none: nothing built or run
         if lambda_adv > 0:
-            if isinstance(discriminator, str):
-                self.discriminator = build_discriminator(discriminator, num_classes, spectral_norm)
-            else:
-                self.discriminator = discriminator(num_classes)
-        if semi_method == "s4gan" and self.discriminator is not None and not hasattr(self.discriminator, "features"):
-            raise UserError(
-                "model.semi_method: 's4gan' matches D's features, but this discriminator has no "
-                "features(probs, image) method; expected model.discriminator 'image' (or a class with one)."
-            )
+            if isinstance(discriminator, str):  # built-in by name; else a class given by class_path
+                discriminator = partial(build_discriminator, discriminator, spectral_norm=spectral_norm)
+            self.discriminator = discriminator(num_classes)
+            semi.check_discriminator(semi_method, self.discriminator)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:
-            self.generator.to(memory_format=torch.channels_last)
-            if self.discriminator is not None:
-                self.discriminator.to(memory_format=torch.channels_last)
-        if compile_models:  # nn.Module.compile wraps the call only; parameters and state_dict keys stay
-            self.generator.compile()
-            if self.discriminator is not None:
-                self.discriminator.compile()
-        self.val_confmat = self._confmat()
-        self.test_confmat = self._confmat()
-        self.last_result: tuple[str, dict[str, torch.Tensor]] | None = None
-        self.skipped_steps = 0  # non-finite losses (stability guard)
-        self.consecutive_skips = {"g": 0, "d": 0}  # apart: a finite D step must not reset G's count
-        self.void_batches = 0  # labeled batches without a single labelled pixel (no cross-entropy)
-        self.collapse_streak = 0  # batches in a row with D at ~100% or ~50% accuracy
-
-    def _confmat(self) -> MulticlassConfusionMatrix:
-        return MulticlassConfusionMatrix(self.num_classes, ignore_index=self.ignore_index, validate_args=False)
+        for network in filter(None, [self.generator, self.discriminator]):
+            network.to(memory_format=self.memory_format)
+            if compile_models:  # nn.Module.compile wraps the call only: parameters and state_dict keys stay
+                network.compile()
+        names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.val_metrics = SegmentationMetrics(names, ignore_index)  # evaluation: confusion matrix -> scores
+        self.test_metrics = SegmentationMetrics(names, ignore_index)
+        self.guard = StabilityGuard(max_consecutive_skips, collapse_patience)
+        self.validated_epoch = 0
 
     # ---- inference -------------------------------------------------------------------------------
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -225,309 +184,162 @@ class SegGAN(pl.LightningModule):
         return self.generator(image)
 
     def predict_logits(self, image: torch.Tensor, out_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Logits for whole images of any size at `out_size` (default: the image size), with the
-        configured inference mode (whole / sliding window) and flip averaging."""
-        hp = self.hparams
-        return predict_logits(self.generator, image, out_size, hp.inference, hp.window, hp.stride, hp.flip_tta,
-                              self.memory_format)  # fmt: skip
+        """Logits [B, C, H, W] for whole images of any size at `out_size` (default: the image size), with
+        the configured inference mode (whole / sliding window) and flip averaging."""
+        return predict_logits(self.generator, image, out_size, self.hparams.inference, self.hparams.window,
+                              self.hparams.stride, self.hparams.flip_tta, self.memory_format)  # fmt: skip
 
     # ---- training --------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        # a plain batch, or {"labeled": batch, "unlabeled": batch} with the unlabeled stream
-        labeled, unlabeled = (batch["labeled"], batch["unlabeled"]) if "labeled" in batch else (batch, None)
-        if self.discriminator is None:
-            unlabeled = None  # the semi-supervised losses need D
-        image, target = labeled["image"], labeled["mask"]  # [B, 3, H, W] float, [B, H, W] int64
-        if not (target != self.ignore_index).any():  # its cross-entropy is 0 (see losses.cross_entropy)
-            self.void_batches += 1
-        self.log("train/void_batches", float(self.void_batches))
-        image = image.contiguous(memory_format=self.memory_format)
-        optimizers = self.optimizers()
-        g_opt, *d_opt = optimizers if isinstance(optimizers, list) else [optimizers]
-        g_steps = self.discriminator is None or batch_idx % self.hparams.g_every_n_batches == 0
-        with torch.set_grad_enabled(g_steps):  # no G step on this batch: D's fakes need no graph
-            logits = whole(self.generator, image, self.memory_format)  # [B, C, H, W], once for both steps
-            probs = logits.softmax(1)
-            u_image = u_logits = u_probs = None
-            if unlabeled is not None:
-                u_image = unlabeled["image"].contiguous(memory_format=self.memory_format)  # [Bu, 3, H, W]
-                u_logits = whole(self.generator, u_image, self.memory_format)  # [Bu, C, H, W]
-                u_probs = u_logits.softmax(1)
-        if self.discriminator is not None and batch_idx % self.hparams.d_every_n_batches == 0:
-            u_fake = None if u_probs is None else u_probs.detach()
-            self.discriminator_step(d_opt[0], image, target, probs.detach(), u_image, u_fake)
-        if g_steps:
-            self.generator_step(g_opt, image, target, logits, probs, u_image, u_logits, u_probs)
-        schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+        g_opt, d_opt = self.optimizers() if self.discriminator is not None else (self.optimizers(), None)
+        g_turn = d_opt is None or batch_idx % self.hparams.g_every_n_batches == 0
+        with torch.set_grad_enabled(g_turn):  # no G step on this batch: D's fakes need no graph
+            out = self.generator_forward(batch)
+        if d_opt is not None and batch_idx % self.hparams.d_every_n_batches == 0:
+            self.discriminator_step(d_opt, out)
+        if g_turn:
+            self.generator_step(g_opt, out)
+        for scheduler in self.lr_schedulers() if d_opt is not None else [self.lr_schedulers()]:
             scheduler.step()
 
-    def discriminator_step(self, d_opt, image, target, fake, u_image=None, u_fake=None) -> None:
+    def generator_forward(self, batch: dict) -> GOutput:
+        """G on the labeled images and, with the unlabeled stream ({"labeled": ..., "unlabeled": ...}
+        batches) and a D to judge them, on the unlabeled ones."""
+        labeled, unlabeled = (batch["labeled"], batch["unlabeled"]) if "labeled" in batch else (batch, None)
+        image = labeled["image"].contiguous(memory_format=self.memory_format)
+        logits = whole(self.generator, image, self.memory_format)
+        out = GOutput(image, labeled["mask"], logits, logits.softmax(1))
+        if unlabeled is not None and self.discriminator is not None:
+            out.u_image = unlabeled["image"].contiguous(memory_format=self.memory_format)
+            out.u_logits = whole(self.generator, out.u_image, self.memory_format)
+            out.u_probs = out.u_logits.softmax(1)
+        return out
+
+    def discriminator_step(self, d_opt, out: GOutput) -> None:
         """real = encoded labels; fake = G's labeled predictions (+ unlabeled ones), all detached."""
+        batch = len(out.image)
         with self.toggled_optimizer(d_opt):  # G's parameters need no gradient here
-            real = encode_real(target, fake, self.ignore_index, self.real_encoding)  # [B, C, H, W]
-            maps, images = [real, fake], [image, image]
-            if u_fake is not None:
-                maps.append(u_fake)
-                images.append(u_image)
-            d_logits = self.discriminator(
-                self._noisy(torch.cat(maps)), torch.cat(images)
-            )  # one forward: [2B+Bu, 1, ...]
-            real_logits, fake_logits = d_logits[: len(image)], d_logits[len(image) :]
-            weight = valid_mask(target, self.ignore_index, real_logits)  # void pixels of the labeled images
-            fake_weight = torch.cat([weight, torch.ones_like(fake_logits[len(image) :])])
-            loss_real, loss_fake = self._flip_labels(real_logits, fake_logits)
-            loss_d = discriminator_loss(loss_real, loss_fake, self.adversarial_loss, weight, fake_weight)
-            self._update(d_opt, loss_d, self.discriminator, "d")
-        with torch.no_grad():
-            d_real = (torch.sigmoid(real_logits) * weight).sum() / weight.sum().clamp(min=1)
-            d_fake = (torch.sigmoid(fake_logits) * fake_weight).sum() / fake_weight.sum().clamp(min=1)
-            right = ((real_logits > 0) * weight).sum() + ((fake_logits < 0) * fake_weight).sum()
-            d_accuracy = right / (weight.sum() + fake_weight.sum()).clamp(min=1)
-        self._watch_collapse(float(d_accuracy))
-        self.log_dict({"train/loss_d": loss_d.detach(), "train/d_real": d_real, "train/d_fake": d_fake,
-                       "train/d_accuracy": d_accuracy})  # fmt: skip
+            real = encode_real(out.target, out.probs, self.hparams.ignore_index, self.hparams.real_encoding)
+            maps, images = [real, out.probs.detach()], [out.image, out.image]
+            if out.u_probs is not None:
+                maps, images = [*maps, out.u_probs.detach()], [*images, out.u_image]
+            d_logits = self.discriminator(self.noisy(torch.cat(maps)), torch.cat(images))  # [2B + Bu, 1, ...]
+            real_logits, fake_logits = d_logits[:batch], d_logits[batch:]
+            weight = valid_mask(out.target, self.hparams.ignore_index, real_logits)  # void of the labeled images
+            fake_weight = torch.cat([weight, torch.ones_like(fake_logits[batch:])])  # unlabeled: every pixel
+            flipped = flip_labels(real_logits, fake_logits, self.hparams.label_flip)
+            loss_d = discriminator_loss(*flipped, self.hparams.adversarial_loss, weight, fake_weight)
+            self.update(d_opt, loss_d, self.discriminator, "d")
+        health = discriminator_accuracy(real_logits, fake_logits, weight, fake_weight)
+        self.guard.watch_discriminator(float(health["d_accuracy"]))
+        self.log_dict({"train/loss_d": loss_d.detach(), **{f"train/{k}": v for k, v in health.items()}})
 
-    def generator_step(self, g_opt, image, target, logits, probs, u_image=None, u_logits=None, u_probs=None):
+    def generator_step(self, g_opt, out: GOutput) -> None:
         with self.toggled_optimizer(g_opt):  # D's parameters are frozen: gradients flow to G only
-            loss_ce = cross_entropy(logits, target, self.ignore_index)  # 0, not NaN, on an all-void batch
-            loss_g = loss_ce
+            # {log name: (weight, unweighted loss)}; cross-entropy is 0, not NaN, on an all-void batch
+            terms = {"train/loss_ce": (1.0, cross_entropy(out.logits, out.target, self.hparams.ignore_index))}
             if self.discriminator is not None:
-                fake_logits = self.discriminator(self._noisy(probs), image)
-                weight = valid_mask(target, self.ignore_index, fake_logits)
-                loss_adv = generator_adversarial_loss(fake_logits, self.adversarial_loss, weight)
-                loss_g = loss_g + self.lambda_adv * loss_adv
-                self.log("train/loss_adv", loss_adv.detach())
-            if u_logits is not None:
-                loss_g = loss_g + self.semi_supervised_loss(u_image, u_logits, u_probs, image, target, probs)
-            self._update(g_opt, loss_g, self.generator, "g")
-        self.log("train/loss_ce", loss_ce.detach(), prog_bar=True)
-        self.log("train/loss_g", loss_g.detach())
+                fake_logits = self.discriminator(self.noisy(out.probs), out.image)
+                weight = valid_mask(out.target, self.hparams.ignore_index, fake_logits)
+                loss_adv = generator_adversarial_loss(fake_logits, self.hparams.adversarial_loss, weight)
+                terms["train/loss_adv"] = (self.hparams.lambda_adv, loss_adv)
+                if out.u_logits is not None:
+                    batches_done = self.trainer.fit_loop.epoch_loop.total_batch_idx  # batches, not optimizer steps
+                    unlabeled, figures = semi.unlabeled_terms(self.discriminator, out, self.hparams, batches_done)
+                    terms |= unlabeled
+                    self.log_dict(figures)
+            loss_g = sum(weight * loss for weight, loss in terms.values())
+            self.update(g_opt, loss_g, self.generator, "g")
+        self.guard.count_void_batch(bool((out.target == self.hparams.ignore_index).all()))
+        self.log_dict({name: loss.detach() for name, (_, loss) in terms.items()})
+        self.log_dict({"train/loss_g": loss_g.detach(), "train/void_batches": float(self.guard.void_batches)})
 
-    def semi_supervised_loss(self, u_image, u_logits, u_probs, image, target, probs) -> torch.Tensor:
-        """Unlabeled images: an adversarial term (Hung) or feature matching (s4GAN), and self-training
-        on the argmax where D is confident. image/target/probs: the labeled batch (real maps for s4GAN)."""
-        hp = self.hparams
-        u_d = self.discriminator(u_probs, u_image)  # [Bu, 1, H, W] (or [Bu, 1, 1, 1] for an image D)
-        if hp.semi_method == "s4gan":
-            real = encode_real(target, probs.detach(), self.ignore_index, self.real_encoding)  # [B, C, H, W]
-            real_features = self.discriminator.features(real, image).mean(0)  # [F]
-            fake_features = self.discriminator.features(u_probs, u_image).mean(0)  # [F]
-            loss_unlabeled = (real_features.detach() - fake_features).abs().mean()
-            weight, name = hp.lambda_fm, "train/loss_fm"
-        else:
-            loss_unlabeled = generator_adversarial_loss(u_d, self.adversarial_loss, torch.ones_like(u_d))
-            weight, name = hp.lambda_semi_adv, "train/loss_semi_adv"
-        with torch.no_grad():
-            confident = torch.sigmoid(u_d) > hp.mask_threshold  # D says "looks like ground truth"
-            if confident.shape[-2:] != u_logits.shape[-2:]:  # patch/image D: spread over the pixels
-                confident = F.interpolate(confident.float(), size=u_logits.shape[-2:], mode="nearest").bool()
-            confident = confident[:, 0]  # [Bu, H, W]
-            pseudo = torch.where(confident, u_logits.argmax(1), self.ignore_index)  # [Bu, H, W]
-        batches_done = self.trainer.fit_loop.epoch_loop.total_batch_idx  # batches, not optimizer steps
-        if batches_done >= hp.semi_start:  # 0 where D trusts no pixel
-            loss_semi = cross_entropy(u_logits, pseudo, self.ignore_index)
-        else:
-            loss_semi = u_logits.new_zeros(())
-        self.log_dict(
-            {
-                name: loss_unlabeled.detach(),
-                "train/loss_semi": loss_semi.detach(),
-                "train/semi_mask_ratio": confident.float().mean(),
-            }
-        )
-        return weight * loss_unlabeled + hp.lambda_semi * loss_semi
-
-    def _update(self, optimizer, loss: torch.Tensor, module: nn.Module, which: str) -> None:
+    def update(self, optimizer, loss: torch.Tensor, network: nn.Module, which: str) -> None:
         """Backward, clip, step; a non-finite loss skips the step (on every process alike)."""
         finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
-        if finite:
+        batch = self.trainer.fit_loop.epoch_loop.total_batch_idx
+        if self.guard.allow_step(which, finite, batch):
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
-            self.log(f"train/grad_norm_{which}", self._clip(optimizer, module))
+            grads = [p.grad for p in network.parameters() if p.grad is not None]
+            self.log(f"train/grad_norm_{which}", torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+            if self.hparams.gradient_clip_val is not None:
+                self.clip_gradients(optimizer, self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
             optimizer.step()
-            self.consecutive_skips[which] = 0
-        else:
-            self.skipped_steps += 1
-            self.consecutive_skips[which] += 1
-            if self.consecutive_skips[which] >= self.hparams.max_consecutive_skips:
-                raise TrainingDiverged(
-                    f"training stopped: {self.consecutive_skips[which]} {which.upper()} optimizer steps in a row "
-                    "had a non-finite loss (the last at batch "
-                    f"{self.trainer.fit_loop.epoch_loop.total_batch_idx}). Expected finite losses: lower the "
-                    "learning rates, set model.gradient_clip_val, or try trainer.precision 32 "
-                    "(model.max_consecutive_skips sets the patience)."
-                )
-        self.log("train/skipped_steps", float(self.skipped_steps))
+        self.log("train/skipped_steps", float(self.guard.skipped_steps))
 
-    def _flip_labels(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """With probability label_flip per labeled image, its real and fake logits swap places in D's
-        loss (same image, same valid pixels, so the weights stay put). Unlabeled fakes never flip."""
-        if self.hparams.label_flip == 0:
-            return real_logits, fake_logits
-        count = len(real_logits)
-        flip = torch.rand(count, device=real_logits.device) < self.hparams.label_flip  # [B]
-        flip = flip.view(-1, *[1] * (real_logits.dim() - 1))
-        labeled_fake = fake_logits[:count]
-        swapped_fake = torch.cat([torch.where(flip, real_logits, labeled_fake), fake_logits[count:]])
-        return torch.where(flip, labeled_fake, real_logits), swapped_fake
-
-    def _noisy(self, maps: torch.Tensor) -> torch.Tensor:
+    def noisy(self, maps: torch.Tensor) -> torch.Tensor:
+        """Instance noise on D's inputs (training only)."""
         std = self.hparams.instance_noise
         return maps + std * torch.randn_like(maps) if std > 0 and self.training else maps
 
-    def _watch_collapse(self, d_accuracy: float) -> None:
-        stuck = d_accuracy > 0.99 or abs(d_accuracy - 0.5) < 0.02
-        self.collapse_streak = self.collapse_streak + 1 if stuck else 0
-        if self.collapse_streak == self.hparams.collapse_patience:
-            state = "wins every pixel (accuracy > 99%)" if d_accuracy > 0.99 else "is guessing (accuracy ~50%)"
-            rank_zero_warn(
-                f"the discriminator {state} for {self.collapse_streak} batches in a row: the adversarial "
-                "signal may be useless; consider instance_noise, spectral_norm, d_every_n_batches or d_lr."
-            )
-
-    def _clip(self, optimizer, module: nn.Module) -> torch.Tensor:
-        """Clip (if configured) and return the gradient norm before clipping, for the GAN-health plots."""
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        if self.hparams.gradient_clip_val is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val,
-                                gradient_clip_algorithm="norm")  # fmt: skip
-        return norm.detach()
-
-    def setup(self, stage: str) -> None:
-        strategy = self.trainer.strategy
-        if isinstance(strategy, DDPStrategy) and not isinstance(strategy, DeepSpeedStrategy):
-            find_unused_parameters(strategy)  # however Lightning arrived at DDP (auto, ddp_spawn, class path...)
-        elif isinstance(strategy, ParallelStrategy):
-            raise UserError(
-                f"trainer.strategy: {type(strategy).__name__} is not supported: SegGAN alternates two optimizers "
-                "with manual optimisation. Expected a DDP strategy for several devices or nodes (ddp, ddp_spawn, "
-                "ddp_fork, ddp_notebook, or strategy auto with devices > 1)."
-            )
-
-    # Options whose change alters the stored tensors (names or shapes); the rest only change evaluation or
-    # training and are taken from the run's own configuration, never from the checkpoint.
-    STRUCTURE = ("arch", "encoder_name", "num_classes", "discriminator", "spectral_norm", "lambda_adv")
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse a checkpoint whose tensors do not fit this model, naming the option that differs."""
-        stored, own = checkpoint.get("state_dict", {}), self.state_dict()
-        misfit = sorted(set(stored) ^ set(own)) + [k for k in own if k in stored and stored[k].shape != own[k].shape]
-        saved = checkpoint.get("hyper_parameters", {})
-        if saved.get("num_classes", self.num_classes) != self.num_classes:
-            raise UserError(f"ckpt_path: the checkpoint was trained for {saved['num_classes']} classes, but the data "
-                            f"has {self.num_classes}. Expected a checkpoint trained on this dataset.")  # fmt: skip
-        if not misfit:
-            if self._trainer is not None and self.trainer.state.fn == "fit":
-                self._check_resume(saved)
-            return
-        differs = []
-        for name in self.STRUCTURE:
-            theirs, ours = saved.get(name), self.hparams.get(name)
-            if name == "lambda_adv" and theirs is not None and (theirs > 0) != (ours > 0):
-                differs.append(f"model.lambda_adv is {ours} here but {theirs} in the checkpoint (which "
-                               f"{'has' if theirs > 0 else 'has no'} discriminator)")  # fmt: skip
-            elif name != "lambda_adv" and name in saved and theirs != ours:
-                differs.append(f"model.{name} is {ours!r} here but {theirs!r} in the checkpoint")
-        found = "; ".join(differs) or f"{len(misfit)} tensors differ in name or shape (e.g. {misfit[:3]})"
-        raise UserError(
-            f"ckpt_path: the checkpoint's weights do not fit this model: {found}. Expected the options the "
-            "checkpoint was trained with (its run folder holds them in config.yaml: --config <run folder>/config.yaml)."
-        )
-
-    # Options a resumed run may change: evaluation, speed and guards. Any other difference would be silently
-    # undone by the restored optimizer and scheduler states, or would make a different experiment.
-    FREE_ON_RESUME = ("inference", "window", "stride", "flip_tta", "channels_last", "compile_models", "encoder_weights",
-                      "max_consecutive_skips", "collapse_patience", "class_names")  # fmt: skip
-
-    def _check_resume(self, saved: dict) -> None:
-        def plain(value):
-            return list(value) if isinstance(value, tuple) else value
-
-        changed = []
-        for name, value in saved.items():
-            if name in self.hparams and name not in self.FREE_ON_RESUME and plain(value) != plain(self.hparams[name]):
-                changed.append(f"model.{name} is {self.hparams[name]!r} here but {value!r} in the checkpoint")
-        if changed:
-            raise UserError(
-                f"ckpt_path: resuming a run with other training options: {'; '.join(changed)}. Expected the options "
-                "the run was trained with (evaluation and speed options may differ); to fine-tune from these "
-                "weights with new options, start a new run from them instead."
-            )
-
     def configure_optimizers(self):
-        hp = self.hparams
-        g_params = self.generator.parameters()
-        if hp.g_optimizer == "sgd":
-            g_opt = torch.optim.SGD(g_params, lr=hp.g_lr, momentum=hp.g_momentum, weight_decay=hp.g_weight_decay)
-        else:
-            g_cls = torch.optim.Adam if hp.g_optimizer == "adam" else torch.optim.AdamW
-            g_opt = g_cls(g_params, lr=hp.g_lr, weight_decay=hp.g_weight_decay)
-        optimizers = [g_opt]
+        hparams = self.hparams
+        g_class = {"sgd": partial(torch.optim.SGD, momentum=hparams.g_momentum), "adam": torch.optim.Adam,
+                   "adamw": torch.optim.AdamW}[hparams.g_optimizer]  # fmt: skip
+        optimizers = [g_class(self.generator.parameters(), lr=hparams.g_lr, weight_decay=hparams.g_weight_decay)]
         if self.discriminator is not None:
-            optimizers.append(torch.optim.Adam(self.discriminator.parameters(), lr=hp.d_lr, betas=tuple(hp.d_betas)))
-        total = self.total_batches()
-
-        def poly(batch: int) -> float:
-            return (1 - min(batch, total) / total) ** hp.poly_power if math.isfinite(total) else 1.0
-
-        return optimizers, [torch.optim.lr_scheduler.LambdaLR(opt, poly) for opt in optimizers]
+            betas = tuple(hparams.d_betas)
+            optimizers.append(torch.optim.Adam(self.discriminator.parameters(), lr=hparams.d_lr, betas=betas))
+        total = self.total_batches()  # poly decay per batch; inf (no end set) keeps the rate constant
+        poly = lambda batch: (1 - min(batch, total) / total) ** hparams.poly_power  # noqa: E731
+        return optimizers, [torch.optim.lr_scheduler.LambdaLR(optimizer, poly) for optimizer in optimizers]
 
     def total_batches(self) -> float:
-        """Training batches in the whole run (what the poly schedule counts).
-
-        `trainer.max_steps` counts optimizer steps, two per batch for a GAN, so it is halved.
-        """
-        if self._trainer is None:
-            return math.inf
+        """Training batches in the whole run (what the poly schedule counts); `trainer.max_steps` counts
+        optimizer steps, two per batch for a GAN, so it is halved."""
         total = self.trainer.estimated_stepping_batches
         if self.trainer.max_steps > 0:
             total = min(total, math.ceil(self.trainer.max_steps / (2 if self.discriminator is not None else 1)))
         return max(1, total)
 
+    def setup(self, stage: str) -> None:
+        prepare_strategy(self.trainer.strategy)  # DDP however it was chosen; other parallel strategies refused
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        try:
+            resuming = self.trainer.state.fn == "fit"
+        except RuntimeError:  # load_from_checkpoint: no Trainer attached
+            resuming = False
+        check_checkpoint_fits(checkpoint, self.state_dict(), dict(self.hparams), resuming)
+
     # ---- evaluation ------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self.predict_logits(batch["image"], batch["mask"].shape[-2:])
-        self.val_confmat.update(logits.argmax(1), batch["mask"])
+        self.val_metrics.update(self.predict_step(batch, batch_idx), batch["mask"])
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self.predict_logits(batch["image"], batch["mask"].shape[-2:])
-        self.test_confmat.update(logits.argmax(1), batch["mask"])
+        self.test_metrics.update(self.predict_step(batch, batch_idx), batch["mask"])
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        # the mask of a prediction item is all void but has the original image size
+        # at the labels' resolution (full, whatever data.eval_size); a prediction item's mask is all void
         return self.predict_logits(batch["image"], batch["mask"].shape[-2:]).argmax(1)  # [B, H, W] train ids
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics.reset()
+
     def on_validation_epoch_end(self) -> None:
-        self._log_scores("val", self.val_confmat)
+        if self.trainer.sanity_checking:  # a few batches to catch errors early, not a score
+            return self.val_metrics.reset()
+        self.log_dict(self.val_metrics.compute().metrics("val"))  # the confusion matrix summed over processes
+        self.validated_epoch = self.current_epoch  # for the table printed at the end of fit
         if self.trainer.state.fn == "validate":
-            self.print_table()
+            self.print_table("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_scores("test", self.test_confmat)
-        self.print_table()
+        self.log_dict(self.test_metrics.compute().metrics("test"))
+        self.print_table("test")
 
     def on_fit_end(self) -> None:
-        self.print_table()
-
-    def _log_scores(self, split: str, confmat: MulticlassConfusionMatrix) -> None:
-        counts = confmat.compute()  # [C, C], summed over processes under DDP
-        confmat.reset()
-        result = scores(counts) | {"confmat": counts.cpu()}
-        if self.trainer.sanity_checking:
-            return
-        metrics = {f"{split}/mIoU": result["miou"], f"{split}/pixel_acc": result["pixel_acc"]}
-        for name, iou in zip(self.class_names, result["iou"], strict=True):
-            if not iou.isnan():  # a class absent from labels and predictions has no IoU
-                metrics[f"{split}/IoU/{name}"] = iou
-        self.log_dict({k: v.float() for k, v in metrics.items()})
-        self.last_result = (f"{split}, epoch {self.current_epoch}", result)
+        self.print_table("val")
 
     @rank_zero_only
-    def print_table(self) -> None:
-        if self.last_result is None:
+    def print_table(self, split: str) -> None:
+        metrics = self.val_metrics if split == "val" else self.test_metrics
+        if metrics.update_count == 0:
             print("\nNo validation ran, so there is no per-class IoU table (see trainer.check_val_every_n_epoch).")
         else:
-            where, result = self.last_result
-            print("\n" + iou_table(self.class_names, result, f"Per-class IoU ({where})"), flush=True)
+            epoch = self.validated_epoch if split == "val" else self.current_epoch
+            print("\n" + metrics.compute().table(f"Per-class IoU ({split}, epoch {epoch})"), flush=True)

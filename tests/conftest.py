@@ -1,17 +1,29 @@
-"""Tiny datasets written into tmp dirs: Cityscapes and CamVid layouts, nothing from the network."""
+"""Shared test helpers and fixtures: tiny datasets written into tmp dirs (Cityscapes and CamVid layouts),
+the CLI argument set the tests build on, small training helpers, and the check that the suite never
+writes into the working tree. Nothing comes from the network."""
 
+import csv
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from seg_gan import SegGAN
+from seg_gan.cli import main
+from seg_gan.data import CityscapesDataModule
 from seg_gan.data.cityscapes import cityscapes_paths
 
 # Cityscapes label ids of a few train classes: road, building, sky, car
 ROAD, BUILDING, SKY, CAR = 7, 11, 23, 26
+
+
 COLORS = {ROAD: (128, 64, 128), BUILDING: (70, 70, 70), SKY: (70, 130, 180), CAR: (0, 0, 142)}
 
 
@@ -90,9 +102,101 @@ def camvid_root(tmp_path: Path) -> Path:
     return write_camvid(tmp_path / "camvid", {"train": 4, "val": 2})
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def tiny_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--data.class_path", "seg_gan.data.CityscapesDataModule", "--data.root", str(root),
+        "--data.batch_size", "4", "--data.num_workers", "0", "--data.crop_size", "[32, 64]",
+        "--data.scale_range", "[1.0, 1.0]",
+        "--model.arch", "Unet", "--trainer.default_root_dir", str(out),
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(out),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1", *extra,
+    ]  # fmt: skip
+
+
+def learning_args(root: Path, out: Path, *extra: str) -> list[str]:
+    """`tiny_args` with Adam at lr 1e-3: a few steps move G enough for predictions to differ."""
+    return tiny_args(root, out, "--model.g_optimizer", "adam", "--model.g_lr", "0.001", *extra)
+
+
+def read_metrics(out: Path) -> list[dict]:
+    (path,) = out.rglob("metrics.csv")
+    return list(csv.DictReader(path.open()))
+
+
+def fails_with(capsys, args: list[str], expected: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert re.search(expected, capsys.readouterr().err), expected
+
+
+@pytest.fixture
+def trained(cityscapes_root, tmp_path) -> Path:
+    main(["fit", *tiny_args(cityscapes_root, tmp_path / "fit", "--trainer.max_steps", "2")])
+    return next((tmp_path / "fit").rglob("last.ckpt"))
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> bool:
+    return any(not torch.equal(before[name], after[name]) for name in before)
+
+
+def fit_one_batch(model: SegGAN, root, max_steps: int = 1, logger=False, **data_args) -> pl.Trainer:
+    settings = {"batch_size": 2, "num_workers": 0, "crop_size": (32, 64), "scale_range": (1, 1)} | data_args
+    data = CityscapesDataModule(str(root), **settings)
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        limit_val_batches=0,
+        logger=logger,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, data)
+    return trainer
+
+
+SEMI = {"labeled_fraction": 0.5, "unlabeled_stream": True}
+
+
+def run_subprocess(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    return subprocess.run([sys.executable, "-m", "seg_gan", *args], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+
+
+SIZES = [(64, 128), (90, 120), (64, 128), (50, 70)]
+
+
+def mixed_cityscapes(root: Path, sizes: list[tuple[int, int]] = SIZES) -> Path:
+    """Cityscapes layout with a small training split and validation images of the given sizes."""
+    write_cityscapes(root, {"train": 4})
+    rng = np.random.default_rng(1)
+    for index, size in enumerate(sizes):
+        image, labels = striped_scene(rng, *size)
+        image_path, label_path = cityscapes_paths(root, "val", "aachen", f"aachen_{index:06d}_000019")
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        label_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(image_path)
+        Image.fromarray(labels).save(label_path)
+    return root
+
+
 # ---- the suite never writes into the working tree -----------------------------------------------------------
 TREE_KEY = pytest.StashKey[set]()
-REPO = Path(__file__).resolve().parents[1]
+
+
 SCRATCH = {".git", "__pycache__", ".pytest_cache", ".ruff_cache"}  # caches Python and the tools keep
 
 

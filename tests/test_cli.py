@@ -1,37 +1,16 @@
-"""The CLI as users run it: in-process through main([...]) and as a real subprocess."""
+"""The CLI as users run it: in-process through main([...]) and as a real subprocess; its configs, its
+run folders, and its refusals of bad input."""
 
-import csv
 import math
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
+from conftest import REPO, fails_with, read_metrics, tiny_args
 
 from seg_gan.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_args(root: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--data.class_path", "seg_gan.data.CityscapesDataModule", "--data.root", str(root),
-        "--data.batch_size", "4", "--data.num_workers", "0", "--data.crop_size", "[32, 64]",
-        "--data.scale_range", "[1.0, 1.0]",
-        "--model.arch", "Unet", "--trainer.default_root_dir", str(out),
-        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(out),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1", *extra,
-    ]  # fmt: skip
-
-
-def read_metrics(out: Path) -> list[dict]:
-    (path,) = out.rglob("metrics.csv")
-    return list(csv.DictReader(path.open()))
 
 
 def test_fit_then_validate_in_process(cityscapes_root, tmp_path, capsys):
@@ -97,6 +76,27 @@ def test_supervised_baseline_and_custom_discriminator_from_the_cli(cityscapes_ro
     assert state["state_dict"]["discriminator.net.0.weight"].shape == (3, 19, 3, 3)
 
 
+def test_semi_supervised_fit_from_the_cli(cityscapes_root, tmp_path):
+    out = tmp_path / "semi"
+    semi_args = ["--data.labeled_fraction", "0.5", "--data.unlabeled_stream", "true", "--model.semi_start", "1"]
+    main(["fit", *tiny_args(cityscapes_root, out, "--trainer.max_steps", "4", "--data.batch_size", "2", *semi_args)])
+    rows = read_metrics(out)
+    semi = [float(r["train/loss_semi"]) for r in rows if r.get("train/loss_semi")]
+    assert len(semi) == 2 and semi[0] == 0  # two batches (4 optimizer steps); self-training starts at batch 1
+    assert any(r.get("train/semi_mask_ratio") for r in rows) and any(r.get("train/loss_semi_adv") for r in rows)
+    assert len(next(out.rglob("labeled_split.txt")).read_text().split()) == 4
+
+
+def test_bf16_and_channels_last_fit(cityscapes_root, tmp_path):
+    out = tmp_path / "bf16"
+    extra = ["--trainer.max_steps", "4", "--trainer.precision", "bf16-mixed", "--model.channels_last", "true"]
+    main(["fit", *tiny_args(cityscapes_root, out, *extra, "--trainer.limit_val_batches", "1")])
+    rows = read_metrics(out)
+    for key in ["train/loss_ce", "train/loss_adv", "train/loss_d"]:
+        values = [float(r[key]) for r in rows if r.get(key)]
+        assert values and all(math.isfinite(v) for v in values), key
+
+
 def test_runs_without_a_logger_get_their_own_folders(cityscapes_root, tmp_path):
     # two runs in one folder: neither overwrites the other's config, split or checkpoints
     for lambda_adv in ["0.01", "0"]:
@@ -119,6 +119,17 @@ def test_checkpointing_can_be_switched_off(cityscapes_root, tmp_path):
     assert not list((tmp_path / "run").rglob("*.ckpt")) and list((tmp_path / "run").rglob("metrics.csv"))
 
 
+CONFIGS = [*sorted((REPO / "configs").glob("*.yaml")), REPO / "seg_gan" / "default.yaml"]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda path: path.name)
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "class_path: seg_gan.data." in capsys.readouterr().out
+
+
 def test_sweep_definition_names_real_parameters():
     import yaml
 
@@ -130,57 +141,6 @@ def test_sweep_definition_names_real_parameters():
                 main(["fit", "--config", str(REPO / "configs" / "camvid_semi.yaml"), f"--{name}", str(value),
                       "--print_config"])  # fmt: skip
             assert exit_info.value.code in (0, None)
-
-
-def test_bf16_and_channels_last_fit(cityscapes_root, tmp_path):
-    out = tmp_path / "bf16"
-    extra = ["--trainer.max_steps", "4", "--trainer.precision", "bf16-mixed", "--model.channels_last", "true"]
-    main(["fit", *tiny_args(cityscapes_root, out, *extra, "--trainer.limit_val_batches", "1")])
-    rows = read_metrics(out)
-    for key in ["train/loss_ce", "train/loss_adv", "train/loss_d"]:
-        values = [float(r[key]) for r in rows if r.get(key)]
-        assert values and all(math.isfinite(v) for v in values), key
-
-
-@pytest.mark.parametrize("args, expected", [
-    (["gpu", "--crop", "64", "64", "--encoder", "resnet18", "--steps", "1", "--warmup", "1", "--batch", "1",
-      "--variants", "fp32", "bf16+channels_last, supervised (no D)"], "| bf16+channels_last, supervised (no D) |"),
-    (["step", "--sizes", "64x64", "--steps", "1", "--warmup", "1", "--batch", "1"], "FLOPs adv/sup"),
-    (["inference", "--size", "64", "128", "--images", "1", "--window", "64", "64", "--stride", "32", "32"], "slide"),
-])  # fmt: skip
-def test_benchmark_code_paths_run_on_cpu(capsys, args, expected):
-    from seg_gan.bench.__main__ import main as bench
-
-    bench([*args, "--device", "cpu"])
-    assert expected in capsys.readouterr().out
-
-
-def test_semi_supervised_fit_from_the_cli(cityscapes_root, tmp_path):
-    out = tmp_path / "semi"
-    semi_args = ["--data.labeled_fraction", "0.5", "--data.unlabeled_stream", "true", "--model.semi_start", "1"]
-    main(["fit", *tiny_args(cityscapes_root, out, "--trainer.max_steps", "4", "--data.batch_size", "2", *semi_args)])
-    rows = read_metrics(out)
-    semi = [float(r["train/loss_semi"]) for r in rows if r.get("train/loss_semi")]
-    assert len(semi) == 2 and semi[0] == 0  # two batches (4 optimizer steps); self-training starts at batch 1
-    assert any(r.get("train/semi_mask_ratio") for r in rows) and any(r.get("train/loss_semi_adv") for r in rows)
-    assert len(next(out.rglob("labeled_split.txt")).read_text().split()) == 4
-
-
-@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)
-def test_every_shipped_config_parses(config, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), "--print_config"])
-    assert exit_info.value.code in (0, None)
-    assert "class_path: seg_gan.data." in capsys.readouterr().out
-
-
-def test_default_run_is_configs_synthetic_yaml(capsys):
-    with pytest.raises(SystemExit):
-        main(["fit", "--print_config"])
-    default = capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["fit", "--config", str(REPO / "configs" / "synthetic.yaml"), "--print_config"])
-    assert capsys.readouterr().out == default
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -206,6 +166,24 @@ def test_bad_input_exits_with_a_clear_message(cityscapes_root, tmp_path, capsys,
     assert not (tmp_path / "bad").exists()  # nothing written
 
 
+def test_config_naming_a_missing_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(tmp_path / "missing.yaml")])
+    assert exit_info.value.code == 2 and "missing.yaml" in capsys.readouterr().err
+
+
+RUN_FOLDERS = ["--trainer.default_root_dir", "--trainer.logger.save_dir", "--checkpoint.dirpath"]
+
+
+@pytest.mark.parametrize("argument", RUN_FOLDERS)
+def test_unwritable_run_folder(cityscapes_root, tmp_path, capsys, argument):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = [*tiny_args(cityscapes_root, tmp_path / "run"), argument, str(blocker / "runs")]
+    fails_with(capsys, ["fit", *args], f"{argument[2:]}: cannot write into")
+    assert blocker.read_text() == "not a folder" and not (tmp_path / "run").exists()
+
+
 def test_help_as_a_subprocess():
     result = subprocess.run(
         [sys.executable, "-m", "seg_gan", "fit", "--help"], capture_output=True, text=True, cwd=REPO, timeout=120
@@ -217,56 +195,23 @@ def test_help_as_a_subprocess():
     assert result.returncode == 0 and all(cmd in result.stdout for cmd in ["fit", "validate", "test", "predict"])
 
 
-@pytest.mark.slow
-def test_training_drives_val_miou_up(cityscapes_root, tmp_path):
-    """~100 training batches on trivially learnable scenes: fails if training is broken."""
-    main(["validate", *tiny_args(cityscapes_root, tmp_path / "untrained")])
-    (untrained,) = [float(r["val/mIoU"]) for r in read_metrics(tmp_path / "untrained") if r.get("val/mIoU")]
-    main(
-        [
-            "fit",
-            *tiny_args(
-                cityscapes_root,
-                tmp_path / "learn",
-                "--trainer.max_epochs",
-                "50",
-                "--trainer.check_val_every_n_epoch",
-                "25",
-                "--trainer.num_sanity_val_steps",
-                "0",
-            ),
-        ]
-    )
-    mious = [float(r["val/mIoU"]) for r in read_metrics(tmp_path / "learn") if r.get("val/mIoU")]
-    assert len(mious) == 2
-    assert mious[-1] > 0.8 and mious[-1] > untrained + 0.3, (untrained, mious)
+def test_the_default_run_is_seg_gan_default_yaml(capsys):
+    # one source of defaults: no arguments = the shipped file; any value of it can be overridden
+    with pytest.raises(SystemExit):
+        main(["fit", "--print_config"])
+    default = yaml.safe_load(capsys.readouterr().out)
+    shipped = yaml.safe_load((REPO / "seg_gan" / "default.yaml").read_text())
+    def given(shipped_value, resolved_value) -> bool:  # class paths resolve with every init arg spelled out
+        if isinstance(shipped_value, dict):
+            return shipped_value["class_path"] == resolved_value["class_path"] and all(
+                resolved_value["init_args"][k] == v for k, v in shipped_value.get("init_args", {}).items()
+            )
+        return shipped_value == resolved_value
 
-
-def test_semi_benchmark_scales_camvid_once(camvid_root, tmp_path):
-    from seg_gan.bench.semi import scaled_copy
-
-    copy = scaled_copy(camvid_root, tmp_path, [24, 32])
-    for folder in ("train", "trainannot", "val", "valannot"):
-        originals = sorted((camvid_root / folder).glob("*.png"))
-        assert [p.name for p in sorted((copy / folder).glob("*.png"))] == [p.name for p in originals]
-        original, scaled = (Image.open(d / folder / originals[0].name) for d in (camvid_root, copy))
-        assert scaled.size == (32, 24) and scaled.mode == original.mode
-        if folder.endswith("annot"):  # nearest: no new label values
-            assert set(np.unique(np.array(scaled))) <= set(np.unique(np.array(original)))
-    stamp = (copy / "DONE").stat().st_mtime_ns
-    assert scaled_copy(camvid_root, tmp_path, [24, 32]) == copy and (copy / "DONE").stat().st_mtime_ns == stamp
-
-
-def test_semi_benchmark_table_from_result_files(tmp_path):
-    import json
-
-    from seg_gan.bench.semi import table
-
-    for arm, seed, miou in [("supervised", 0, 0.50), ("supervised", 1, 0.52), ("full", 0, 0.61),
-                            ("semi", 0, 0.54), ("semi", 1, 0.54)]:  # fmt: skip
-        result = {"arm": arm, "seed": seed, "val_mIoU": miou, "train_s": 60.0}
-        (tmp_path / f"{arm}-seed{seed}.json").write_text(json.dumps(result))
-    rows = {line.split(" | ")[0].strip("| "): line for line in table(tmp_path).splitlines()[2:]}
-    assert list(rows) == ["supervised", "semi", "full"]  # arms without files are left out
-    assert "| 0.5100 | 0.5000-0.5200 | 0.0141 |" in rows["supervised"]
-    assert "| +30% |" in rows["semi"]  # (0.54 - 0.51) / (0.61 - 0.51)
+    for group in ("model", "trainer"):
+        for name, value in shipped[group].items():
+            assert given(value, default[group][name]), (group, name)
+    assert given(shipped["data"], default["data"]) and default["seed_everything"] == shipped["seed_everything"]
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.arch", "Unet", "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["arch"] == "Unet"

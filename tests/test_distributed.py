@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SIZES, mixed_cityscapes
 from PIL import Image
-from test_eval_batches import SIZES, mixed_cityscapes
 
 from seg_gan.cli import main
 

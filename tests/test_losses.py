@@ -1,10 +1,23 @@
+""""""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from seg_gan.losses import cross_entropy, discriminator_loss, encode_real, generator_adversarial_loss, valid_mask
+from seg_gan.losses import (
+    confidence_mask,
+    cross_entropy,
+    discriminator_accuracy,
+    discriminator_loss,
+    encode_real,
+    feature_matching_loss,
+    flip_labels,
+    generator_adversarial_loss,
+    pseudo_labels,
+    valid_mask,
+)
 
 
 def test_onehot_encoding_and_void_pixels():
@@ -70,3 +83,50 @@ def test_cross_entropy_by_hand_and_zero_with_a_gradient_on_an_all_void_batch():
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert torch.equal(weights.grad, torch.zeros_like(weights))  # a zero gradient, not NaN
+
+
+def test_label_flip_swaps_real_and_fake_of_labeled_images_only():
+    torch.manual_seed(0)
+    real, fake = torch.zeros(2000, 1, 2, 2), torch.ones(2010, 1, 2, 2)  # 10 unlabeled fakes at the end
+    new_real, new_fake = flip_labels(real, fake, 0.3)
+    flipped = new_real[:, 0, 0, 0] == 1
+    labeled_fake = new_fake[:2000]
+    assert torch.equal(new_real[flipped], fake[:2000][flipped]) and torch.equal(labeled_fake[flipped], real[flipped])
+    assert torch.equal(new_real[~flipped], real[~flipped])
+    assert torch.equal(labeled_fake[~flipped], fake[:2000][~flipped])
+    assert torch.equal(new_fake[2000:], fake[2000:])
+    assert 0.27 < flipped.float().mean() < 0.33
+    assert flip_labels(real, fake, 0.0)[0] is real  # off
+
+
+def test_discriminator_accuracy_by_hand():
+    real_logits = torch.tensor([2.0, -1.0, 3.0]).view(3, 1, 1, 1)  # 2 of 3 right (> 0)
+    fake_logits = torch.tensor([-2.0, 1.0, 5.0]).view(3, 1, 1, 1)  # 1 of 3 right (< 0), the last masked out
+    real_weight, fake_weight = torch.ones(3, 1, 1, 1), torch.tensor([1.0, 1.0, 0.0]).view(3, 1, 1, 1)
+    health = discriminator_accuracy(real_logits, fake_logits, real_weight, fake_weight)
+    assert float(health["d_accuracy"]) == pytest.approx(3 / 5)  # (2 + 1) right of 3 + 2 counted
+    assert float(health["d_real"]) == pytest.approx(float(torch.sigmoid(torch.tensor([2.0, -1.0, 3.0])).mean()))
+    assert float(health["d_fake"]) == pytest.approx(float(torch.sigmoid(torch.tensor([-2.0, 1.0])).mean()))
+
+
+def test_confidence_mask_spreads_patch_and_image_scores_over_the_pixels():
+    per_pixel = torch.tensor([[[[0.0, 2.0], [-2.0, 0.5]]]])  # sigmoid: 0.5, 0.88, 0.12, 0.62
+    assert confidence_mask(per_pixel, 0.6, (2, 2)).tolist() == [[[False, True], [False, True]]]
+    image_level = torch.tensor([3.0, -3.0]).view(2, 1, 1, 1)  # s4GAN: one score decides the whole image
+    mask = confidence_mask(image_level, 0.5, (3, 4))
+    assert mask.shape == (2, 3, 4) and mask[0].all() and not mask[1].any()
+
+
+def test_pseudo_labels_are_the_argmax_where_trusted_and_void_elsewhere():
+    logits = torch.tensor([[[[1.0, 0.0]], [[0.0, 3.0]]]])  # [1, 2 classes, 1, 2]: argmax 0, 1
+    mask = torch.tensor([[[True, False]]])
+    assert pseudo_labels(logits, mask, 255).tolist() == [[[0, 255]]]
+
+
+def test_feature_matching_compares_batch_means_and_leaves_real_features_alone():
+    real = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)  # mean (2, 3)
+    fake = torch.tensor([[0.0, 0.0], [2.0, 2.0], [4.0, 1.0]], requires_grad=True)  # mean (2, 1)
+    loss = feature_matching_loss(real, fake)
+    assert float(loss) == pytest.approx((0 + 2) / 2)
+    loss.backward()
+    assert real.grad is None and fake.grad is not None  # real maps only set the target

@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from seg_gan.checkpoint import load_model
 from seg_gan.module import SegGAN
 
 
@@ -27,7 +28,7 @@ def run(options: argparse.Namespace) -> None:
     for mode in ("whole", "slide"):
         kwargs = {"inference": mode, "window": tuple(options.window), "stride": tuple(options.stride)}
         if options.ckpt_path:
-            model = SegGAN.load_from_checkpoint(options.ckpt_path, map_location="cpu", weights_only=False, **kwargs)
+            model = load_model(options.ckpt_path, name="--ckpt_path", **kwargs)
         else:
             model = SegGAN(num_classes=19, arch=options.arch, encoder_name=options.encoder, lambda_adv=0.0, **kwargs)
         model = model.eval().to(options.device)

@@ -44,7 +44,7 @@ ARMS = {  # each arm differs from its neighbour in one switch; run in this order
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", default="../shared/data/camvid", help="CamVid folder (SegNet layout)")
+    parser.add_argument("--root", help="CamVid folder (SegNet layout); required unless --table-only")
     parser.add_argument("--out", type=Path, default=Path("bench_results/semi"), help="result folder")
     parser.add_argument("--arms", nargs="+", default=["supervised", "full", "semi", "adversarial"], choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -118,8 +118,8 @@ def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> 
     cli.trainer.fit(cli.model, cli.datamodule)
     train_s = time.perf_counter() - start
     cli.trainer.validate(cli.model, cli.datamodule)
-    _, result = cli.model.last_result
-    return {"arm": arm, "seed": seed, "val_mIoU": float(result["miou"]), "train_s": round(train_s, 1),
+    scores = cli.model.val_metrics.compute()  # of the validate call above
+    return {"arm": arm, "seed": seed, "val_mIoU": scores.miou, "train_s": round(train_s, 1),
             "batches": options.batches, "labeled_images": len(cli.datamodule.train_set),
             "args": " ".join(args)}  # fmt: skip
 
@@ -153,6 +153,8 @@ def table(out: Path) -> str:
 def run(options: argparse.Namespace) -> None:
     options.out.mkdir(parents=True, exist_ok=True)
     if not options.table_only:
+        if options.root is None:
+            raise SystemExit("error: --root: give the CamVid folder (SegNet layout: train/, trainannot/, val/ ...).")
         weights = encoder_weights(options.out)
         options.data_root = scaled_copy(Path(options.root), options.out, options.size)
         torch.set_float32_matmul_precision("high")

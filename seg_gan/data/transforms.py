@@ -11,7 +11,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from seg_gan.models.generator import IMAGENET_MEAN, IMAGENET_STD
+# The ImageNet statistics smp encoders were pretrained with (smp's own preprocessing helper downloads its
+# settings, so the constants are spelled out here).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class RandomScaleCrop(v2.Transform):

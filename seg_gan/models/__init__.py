@@ -5,9 +5,9 @@ from seg_gan.models.discriminators import (
     PatchDiscriminator,
     build_discriminator,
 )
-from seg_gan.models.generator import IMAGENET_MEAN, IMAGENET_STD, build_generator
+from seg_gan.models.generator import build_generator
 
 __all__ = [
     "DISCRIMINATORS", "FCNDiscriminator", "ImageDiscriminator", "PatchDiscriminator",
-    "build_discriminator", "build_generator", "IMAGENET_MEAN", "IMAGENET_STD",
+    "build_discriminator", "build_generator",
 ]  # fmt: skip

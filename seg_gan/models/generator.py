@@ -15,10 +15,6 @@ Arch = Literal[
     "Linknet", "MAnet", "PAN", "UPerNet", "Segformer",
 ]  # fmt: skip
 
-# smp's own preprocessing helper downloads its settings; these are the ImageNet constants it uses.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def build_generator(arch: str, encoder_name: str, encoder_weights: str | None, num_classes: int) -> nn.Module:
     """`smp.create_model` with clear errors; `encoder_weights` is None, "imagenet" or a local file."""

@@ -1,39 +1,19 @@
 """Validation, test and predict batch whole images by size: eval_batch_size > 1 works on images of mixed
 sizes, every image is seen exactly once, and the metrics do not depend on the batch size."""
 
-from pathlib import Path
-
 import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from conftest import striped_scene, write_cityscapes
+from conftest import SIZES, mixed_cityscapes, tiny_args
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
-from test_cli import tiny_args
 from torch.utils.data import SequentialSampler
 
 from seg_gan import SegGAN
 from seg_gan.cli import main
 from seg_gan.data import CityscapesDataModule
-from seg_gan.data.cityscapes import cityscapes_paths
 from seg_gan.data.samplers import SizeGroupedBatchSampler
-
-SIZES = [(64, 128), (90, 120), (64, 128), (50, 70)]
-
-
-def mixed_cityscapes(root: Path, sizes: list[tuple[int, int]] = SIZES) -> Path:
-    """Cityscapes layout with a small training split and validation images of the given sizes."""
-    write_cityscapes(root, {"train": 4})
-    rng = np.random.default_rng(1)
-    for index, size in enumerate(sizes):
-        image, labels = striped_scene(rng, *size)
-        image_path, label_path = cityscapes_paths(root, "val", "aachen", f"aachen_{index:06d}_000019")
-        image_path.parent.mkdir(parents=True, exist_ok=True)
-        label_path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(image_path)
-        Image.fromarray(labels).save(label_path)
-    return root
 
 
 def test_size_grouped_batches_hold_one_size_and_every_index_once():

@@ -1,4 +1,5 @@
-"""Reproducibility: identical runs, and a run killed with SIGKILL then resumed equals an uninterrupted one."""
+"""Checkpoints: identical runs, crash-safe resume (SIGKILL, SIGTERM, every N batches), `--ckpt_path last`,
+what a checkpoint may and may not override, and the refusals of bad checkpoints."""
 
 import csv
 import os
@@ -9,11 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import tiny_args
+from conftest import TESTS, fails_with, learning_args, run_subprocess, tiny_args, write_camvid
 
+from seg_gan import SegGAN
 from seg_gan.cli import main
-
-TESTS = Path(__file__).resolve().parent
+from seg_gan.data import CityscapesDataModule
+from seg_gan.inference import predict_logits
+from seg_gan.metrics import Scores
 
 
 def run_args(root: Path, out: Path, *extra: str) -> list[str]:
@@ -52,18 +55,29 @@ def test_two_runs_give_identical_weights_whatever_the_worker_count(cityscapes_ro
 def test_sigkill_then_resume_equals_an_uninterrupted_run(cityscapes_root, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     command = [sys.executable, "-m", "seg_gan"]
-    whole = subprocess.run([*command, *run_args(cityscapes_root, tmp_path / "whole")], env=env, capture_output=True,
-                           text=True, timeout=600)  # fmt: skip
+    whole = subprocess.run(
+        [*command, *run_args(cityscapes_root, tmp_path / "whole")], env=env, capture_output=True, text=True, timeout=600
+    )
     assert whole.returncode == 0, whole.stderr[-2000:]
     kill = ["--trainer.callbacks+=custom_parts.KillAt", "--trainer.callbacks.epoch=2", "--trainer.callbacks.batch=1"]
-    killed = subprocess.run([*command, *run_args(cityscapes_root, tmp_path / "killed"), *kill], env=env,
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    killed = subprocess.run(
+        [*command, *run_args(cityscapes_root, tmp_path / "killed"), *kill],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == -signal.SIGKILL
     last = next((tmp_path / "killed").rglob("last.ckpt"))
     assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 1  # saved at the end of epoch 1
     assert not list((tmp_path / "killed").rglob("*.partial"))
-    resumed = subprocess.run([*command, *run_args(cityscapes_root, tmp_path / "resumed"), "--ckpt_path", str(last)],
-                             env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    resumed = subprocess.run(
+        [*command, *run_args(cityscapes_root, tmp_path / "resumed"), "--ckpt_path", str(last)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a = torch.load(next((tmp_path / "whole").rglob("last.ckpt")), map_location="cpu", weights_only=False)
     b = torch.load(next((tmp_path / "resumed").rglob("last.ckpt")), map_location="cpu", weights_only=False)
@@ -73,15 +87,13 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(cityscapes_root, tmp_pa
         assert_identical(flatten(state_a), flatten(state_b))
 
 
-def run_subprocess(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    return subprocess.run([sys.executable, "-m", "seg_gan", *args], env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
-
-
 def kill_at(epoch: int, batch: int, signal_name: str) -> list[str]:
-    return ["--trainer.callbacks+=custom_parts.KillAt", f"--trainer.callbacks.epoch={epoch}",
-            f"--trainer.callbacks.batch={batch}", f"--trainer.callbacks.signal_name={signal_name}"]  # fmt: skip
+    return [
+        "--trainer.callbacks+=custom_parts.KillAt",
+        f"--trainer.callbacks.epoch={epoch}",
+        f"--trainer.callbacks.batch={batch}",
+        f"--trainer.callbacks.signal_name={signal_name}",
+    ]
 
 
 @pytest.mark.slow
@@ -146,3 +158,74 @@ def test_resuming_with_other_training_options_is_refused(cityscapes_root, tmp_pa
     )
     main(["fit", *tiny_args(cityscapes_root, tmp_path / "c", "--model.flip_tta", "true"), *resume])  # evaluation only
     assert torch.load(next((tmp_path / "c").rglob("last.ckpt")), weights_only=False)["hyper_parameters"]["flip_tta"]
+
+
+def test_evaluation_options_given_with_a_checkpoint_win(cityscapes_root, tmp_path, capsys):
+    """Options that do not change the weights come from the command line, not from the checkpoint;
+    options that would not fit the weights are refused, naming the checkpoint's value."""
+
+    main(["fit", *learning_args(cityscapes_root, tmp_path / "fit", "--trainer.max_steps", "4")])
+    checkpoint = next((tmp_path / "fit").rglob("last.ckpt"))
+
+    def validate(name: str, *extra: str) -> float:
+        main(["validate", *learning_args(cityscapes_root, tmp_path / name), "--ckpt_path", str(checkpoint), *extra])
+        (path,) = (tmp_path / name).rglob("metrics.csv")
+        (miou,) = [float(row["val/mIoU"]) for row in csv.DictReader(path.open()) if row.get("val/mIoU")]
+        return miou
+
+    whole = validate("whole")
+    slide = validate("slide", "--model.inference", "slide", "--model.window", "[32, 32]", "--model.stride", "[16, 16]")
+    # the same sliding-window figure, computed without the CLI
+    model = SegGAN.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False).eval()
+    data = CityscapesDataModule(str(cityscapes_root), num_workers=0)
+    data.setup("validate")
+    confmat = torch.zeros(19, 19, dtype=torch.long)
+    with torch.no_grad():
+        for item in data.val_set:
+            logits = predict_logits(
+                model.generator, item["image"][None], mode="slide", window=(32, 32), stride=(16, 16)
+            )
+            valid = item["mask"] != 255
+            pairs = item["mask"][valid] * 19 + logits.argmax(1)[0][valid]
+            confmat += torch.bincount(pairs, minlength=19 * 19).view(19, 19)
+    assert slide != pytest.approx(whole, abs=1e-6)
+    assert slide == pytest.approx(Scores.from_confmat(confmat, data.class_names).miou, abs=1e-6)
+    capsys.readouterr()
+    for extra, expected in [
+        (["--model.window", "[0, 0]", "--model.inference", "slide"], "model.window [0, 0]"),
+        (["--model.arch", "FPN"], "model.arch is 'FPN' here but 'Unet' in the checkpoint"),
+        (["--model.lambda_adv", "0"], "model.lambda_adv is 0.0 here but 0.01 in the checkpoint"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            main(
+                ["validate", *learning_args(cityscapes_root, tmp_path / "bad"), "--ckpt_path", str(checkpoint), *extra]
+            )
+        assert stop.value.code == 2 and expected in capsys.readouterr().err, expected
+
+
+def test_corrupted_checkpoint(cityscapes_root, tmp_path, capsys, trained):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(trained.read_bytes()[:1000])  # a save cut short
+    before = trained.read_bytes()
+    fails_with(
+        capsys,
+        ["validate", *tiny_args(cityscapes_root, tmp_path / "v"), "--ckpt_path", str(broken)],
+        r"ckpt_path: '.*broken.ckpt' could not be read as a checkpoint",
+    )
+    fails_with(
+        capsys,
+        ["validate", *tiny_args(cityscapes_root, tmp_path / "v"), "--ckpt_path", str(tmp_path / "no")],
+        r"ckpt_path: '.*no' is not a file",
+    )
+    assert trained.read_bytes() == before
+
+
+def test_checkpoint_of_another_number_of_classes(tmp_path, capsys, trained):
+    camvid = write_camvid(tmp_path / "camvid", {"train": 4, "val": 2}, size=(32, 64))
+    args = tiny_args(camvid, tmp_path / "v")
+    args[args.index("seg_gan.data.CityscapesDataModule")] = "seg_gan.data.CamVidDataModule"
+    fails_with(
+        capsys,
+        ["validate", *args, "--ckpt_path", str(trained)],
+        "the checkpoint was trained for 19 classes, but the data has 11",
+    )
