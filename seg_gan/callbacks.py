@@ -22,7 +22,7 @@ from PIL import Image
 
 from seg_gan.errors import UserError
 from seg_gan.runs import fresh_path, run_dir
-from seg_gan.viz import colormap, confusion_figure, denormalize
+from seg_gan.viz import colormap, confusion_figure, denormalize, palette
 
 
 class SaveConfig(SaveConfigCallback):
@@ -70,15 +70,13 @@ class WandbMedia(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
         # not on_validation_epoch_end: callbacks run that hook before the module computes this epoch's scores
         run = self._run(trainer)
-        if run is None or trainer.sanity_checking or pl_module.last_result is None:
+        if run is None or trainer.sanity_checking or pl_module.val_metrics.update_count == 0:
             return
         import wandb
 
-        _, result = pl_module.last_result
-        rows = [
-            [name, None if iou != iou else iou]
-            for name, iou in zip(pl_module.class_names, result["iou"].tolist(), strict=True)
-        ]
+        scores = pl_module.val_metrics.compute()  # what the module logged for this epoch (cached)
+        ious = scores.iou.tolist()
+        rows = [[name, None if iou != iou else iou] for name, iou in zip(scores.class_names, ious, strict=True)]
         media = {"val/IoU_table": wandb.Table(columns=["class", "IoU"], data=rows)}
         if trainer.current_epoch % self.every_n_epochs == 0:
             media["val/examples"] = self.examples(trainer, pl_module)
@@ -92,7 +90,7 @@ class WandbMedia(pl.Callback):
         dataset = trainer.datamodule.val_set
         generator = torch.Generator().manual_seed(self.seed)
         indices = torch.randperm(len(dataset), generator=generator)[: self.num_images].tolist()
-        labels = {i: name for i, name in enumerate(pl_module.class_names)} | {pl_module.ignore_index: "void"}
+        labels = dict(enumerate(pl_module.val_metrics.class_names)) | {pl_module.hparams.ignore_index: "void"}
         images = []
         with torch.no_grad():
             for index in indices:
@@ -116,12 +114,12 @@ class WandbMedia(pl.Callback):
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
         run = self._run(trainer)
-        if run is None or pl_module.last_result is None:
+        if run is None or pl_module.val_metrics.update_count == 0:
             return
         import wandb
 
-        _, result = pl_module.last_result
-        figure = confusion_figure(result["confmat"], pl_module.class_names)
+        scores = pl_module.val_metrics.compute()
+        figure = confusion_figure(scores.confmat, scores.class_names)
         run.log({"val/confusion_matrix": wandb.Image(figure), "trainer/global_step": trainer.global_step})
         plt.close(figure)
 
@@ -160,8 +158,7 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         data = trainer.datamodule
         split = getattr(data, "predict_split", "predict")
-        palette = np.zeros((256, 3), np.uint8)
-        palette[: len(data.class_colors)] = np.asarray(data.class_colors, np.uint8)
+        colors = palette(data.class_colors)
         for train_ids, image, name, city in zip(prediction.byte().cpu(), batch["image"], batch["name"],
                                                 batch["city"], strict=True):  # fmt: skip
             train_ids = train_ids.numpy()  # [H, W] at the original resolution
@@ -169,7 +166,7 @@ class PredictionWriter(BasePredictionWriter):
             if data.label_ids is not None:
                 outputs["labelIds"] = data.label_ids[train_ids]
             pixels = torch.nn.functional.interpolate(image[None].float(), size=train_ids.shape, mode="bilinear")[0]
-            overlay = (1 - self.alpha) * denormalize(pixels) + self.alpha * palette[train_ids]
+            overlay = (1 - self.alpha) * denormalize(pixels) + self.alpha * colors[train_ids]
             outputs["color"] = overlay.astype(np.uint8)
             for kind, array in outputs.items():
                 path = self.output_dir / kind / split / city / f"{name}_{kind}.png"

@@ -13,6 +13,8 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from seg_gan.lightning_private import forget_wandb_run, wandb_init_settings, wandb_run
+
 
 def has_wandb_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
@@ -48,23 +50,25 @@ class WandbLogger(LightningWandbLogger):
         reason = "offline=True" if offline else f"mode {mode!r}"
         if mode in (None, "online") and not has_wandb_credentials():
             mode, reason = "offline", "no W&B API key found"  # no account here: record locally, never prompt
+        if mode == "disabled" and log_model:  # W&B would still copy every checkpoint into its staging folder
+            rank_zero_warn(f"W&B is disabled (mode 'disabled'): log_model={log_model!r} is ignored.")
+            log_model = False
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         # W&B's own `mode`, not Lightning's `offline`: that refuses log_model (W&B keeps artifacts of offline
-        # runs) and sets WANDB_MODE for the rest of the process
+        # runs) and sets WANDB_MODE for the rest of the process. (Set in place: jsonargparse reads the
+        # accepted **kwargs from how they are passed on.)
         kwargs["mode"] = mode
         super().__init__(name=name, save_dir=save_dir, project=project, log_model=log_model, group=group, tags=tags,
                          **kwargs)  # fmt: skip
+        self.logs_models = log_model
         if mode in ("offline", "dryrun"):
             self._warn_artifacts_offline(reason)
-        elif mode == "disabled" and log_model:  # W&B would still copy every checkpoint into its staging folder
-            rank_zero_warn(f"W&B is disabled (mode 'disabled'): log_model={log_model!r} is ignored.")
-            self._log_model = False
 
     def _warn_artifacts_offline(self, reason: str) -> None:
-        if self._log_model:
+        if self.logs_models:
             from wandb.env import get_data_dir
 
-            rank_zero_warn(f"W&B records this run offline ({reason}); log_model={self._log_model!r} keeps the "
+            rank_zero_warn(f"W&B records this run offline ({reason}); log_model={self.logs_models!r} keeps the "
                            f"checkpoints as artifacts of the offline run, copied into {get_data_dir()}/artifacts/"
                            f"staging (WANDB_DATA_DIR) until `wandb sync {self.save_dir}/wandb/offline-run-*` "
                            "uploads them.")  # fmt: skip
@@ -72,21 +76,21 @@ class WandbLogger(LightningWandbLogger):
     @property
     @rank_zero_experiment
     def experiment(self):
-        if self._experiment is None:
+        if wandb_run(self) is None:
             try:
-                super().experiment  # noqa: B018 - creates the run
+                run = super().experiment  # creates the run
             except Exception as error:  # no network, server down, bad key: keep training, offline
                 rank_zero_warn(f"W&B could not start online ({error}); recording offline instead.")
-                self._wandb_init["mode"] = "offline"
+                wandb_init_settings(self)["mode"] = "offline"
                 self._warn_artifacts_offline("going online failed")
-                super().experiment  # noqa: B018
-            if hasattr(self._experiment, "define_metric"):
-                self._experiment.define_metric("val/mIoU", summary="max")
-        return self._experiment
+                run = super().experiment
+            if hasattr(run, "define_metric"):
+                run.define_metric("val/mIoU", summary="max")
+        return wandb_run(self)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
         super().finalize(status)
-        if self._experiment is not None:
-            self._experiment.finish()
-            self._experiment = None  # a later fit/validate in this process starts a new run
+        if wandb_run(self) is not None:
+            wandb_run(self).finish()
+            forget_wandb_run(self)  # a later fit/validate in this process starts a new run

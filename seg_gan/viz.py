@@ -33,3 +33,10 @@ def confusion_figure(confmat: torch.Tensor, class_names: list[str]):
     axes.set_title("confusion (row-normalised)")
     figure.tight_layout()
     return figure
+
+
+def palette(class_colors: list[tuple[int, int, int]]) -> np.ndarray:
+    """uint8 [256, 3]: class id -> colour, black for void and unused ids (index it with a mask)."""
+    table = np.zeros((256, 3), np.uint8)
+    table[: len(class_colors)] = np.asarray(class_colors, np.uint8)
+    return table

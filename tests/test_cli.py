@@ -201,6 +201,7 @@ def test_the_default_run_is_seg_gan_default_yaml(capsys):
         main(["fit", "--print_config"])
     default = yaml.safe_load(capsys.readouterr().out)
     shipped = yaml.safe_load((REPO / "seg_gan" / "default.yaml").read_text())
+
     def given(shipped_value, resolved_value) -> bool:  # class paths resolve with every init arg spelled out
         if isinstance(shipped_value, dict):
             return shipped_value["class_path"] == resolved_value["class_path"] and all(

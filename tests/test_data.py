@@ -90,6 +90,9 @@ def test_labeled_split_is_reproducible_and_disjoint(cityscapes_root, tmp_path):
 def test_synthetic_scenes_are_cityscapes_and_deterministic(tmp_path):
     one = SyntheticCityscapesDataModule(str(tmp_path / "a"), image_size=(64, 128), num_train=3, num_val=2)
     two = SyntheticCityscapesDataModule(str(tmp_path / "b"), image_size=(64, 128), num_train=3, num_val=2)
+    assert not (tmp_path / "a").exists()  # drawn in prepare_data (once per node under DDP), not when built
+    one.prepare_data()
+    two.setup("validate")  # outside a Trainer, setup draws what prepare_data did not
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
     assert len(files) == 10 and str(files[0]).startswith("gtFine/train/synthtown/synthtown_000000_000019")
     for path in files:

@@ -52,10 +52,14 @@ class CityscapesDataModule(SegmentationDataModule):
     """
 
     def __init__(self, root: str, test_split: str = "val", predict_split: str = "val", **kwargs):
-        self.root = check_root(root, ["leftImg8bit", "gtFine"], LAYOUT)
+        self.root = self.locate(root)
         super().__init__(**kwargs)
         self.test_split, self.predict_split = test_split, predict_split
         self.lookup, self.known, self.class_names, self.class_colors, self.label_ids = cityscapes_tables()
+
+    def locate(self, root: str) -> Path:
+        """The dataset root, checked now (before anything runs): UserError naming what is missing."""
+        return check_root(root, ["leftImg8bit", "gtFine"], LAYOUT)
 
     def find_samples(self, split: str) -> list[Sample]:
         folder = self.root / "leftImg8bit" / split

@@ -1,4 +1,4 @@
-"""The embedded default: procedurally drawn street scenes written in the Cityscapes layout.
+"""The embedded default: procedurally drawn street scenes written in the Cityscapes layout (in `prepare_data`).
 
 Each scene has sky, buildings with windows, trees, a road with lane marks, sidewalks, cars, poles
 and people, drawn as textured shapes with noise, with a layout drawn from a seeded generator, and
@@ -146,6 +146,19 @@ class SyntheticCityscapesDataModule(CityscapesDataModule):
         height, width = image_size
         if root is None:
             root = default_cache() / f"synthetic-{height}x{width}-{num_train}-{num_val}-seed{seed}"
-        write_synthetic_cityscapes(Path(root), (height, width), {"train": num_train, "val": num_val}, seed)
+        self.scenes = ((height, width), {"train": num_train, "val": num_val}, seed)
         self.default_crop_size = (height, width)
         super().__init__(root=str(root), **kwargs)
+
+    def locate(self, root: str) -> Path:
+        return Path(root).expanduser()  # drawn by prepare_data, checked in setup
+
+    def prepare_data(self) -> None:
+        """Draw the scenes if they are not there yet: once per node (Lightning calls this on one process;
+        the others wait), atomically, so concurrent runs sharing the cache never see half a dataset."""
+        write_synthetic_cityscapes(self.root, *self.scenes)
+
+    def setup(self, stage: str) -> None:
+        if not self.root.is_dir():  # used outside a Trainer (notebooks, benchmarks): nothing drew them yet
+            self.prepare_data()
+        super().setup(stage)
