@@ -172,3 +172,69 @@ def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tens
     """s4GAN (Mittal et al. 2019): mean absolute difference between the batch-mean D features of real
     label maps ([B, F], no gradient) and of G's unlabeled predictions ([Bu, F]), a scalar."""
     return (real_features.detach().mean(0) - fake_features.mean(0)).abs().mean()
+
+
+def correctness_target(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What an error-predicting D learns (Ke et al. 2020's flaw detector; Samson et al. 2019): per pixel, is
+    G's argmax right? Returns (target float [B, 1, H, W]: 1 right, 0 wrong; weight [B, 1, H, W]: 0 at void)."""
+    with torch.no_grad():
+        valid = (target != ignore_index).unsqueeze(1)
+        right = (logits.argmax(1, keepdim=True) == target.unsqueeze(1)) & valid
+        return right.to(logits.dtype), valid.to(logits.dtype)
+
+
+def correctness_loss(d_logits: torch.Tensor, right: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """D's loss for the error-predicting task: binary cross-entropy of its per-pixel logits [B, 1, H, W]
+    against `right`, over the weighted (labelled) pixels."""
+    return _masked_mean(F.binary_cross_entropy_with_logits(d_logits, right, reduction="none"), weight)
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the pixels of `mask` (bool [B, H, W]) divided by all B*H*W pixels, as in French et
+    al. 2020's confidence-masked consistency: the loss grows with the share of confident pixels.
+    `target` int64 [B, H, W] must be a valid class wherever `mask` holds."""
+    per_pixel = F.cross_entropy(logits, torch.where(mask, target, 0), reduction="none")  # [B, H, W]
+    return (per_pixel * mask).sum() / mask.numel()
+
+
+def box_mask(batch: int, size: tuple[int, int], area: float = 0.5, generator: torch.Generator | None = None):
+    """CutMix masks (French et al. 2020): float [batch, 1, H, W], 1 inside one random box per image that
+    covers `area` of it (side ratio drawn in [1/2, 2], clipped to the image), 0 outside."""
+    height, width = size
+    masks = torch.zeros(batch, 1, height, width)
+    for index in range(batch):
+        ratio = float(torch.empty(()).uniform_(0.5, 2.0, generator=generator))
+        box_h = min(height, max(1, round(height * (area * ratio) ** 0.5)))
+        box_w = min(width, max(1, round(height * width * area / box_h)))
+        top = int(torch.randint(0, height - box_h + 1, (), generator=generator))
+        left = int(torch.randint(0, width - box_w + 1, (), generator=generator))
+        masks[index, :, top : top + box_h, left : left + box_w] = 1
+    return masks
+
+
+def mask_precision(mask: torch.Tensor, pseudo: torch.Tensor, hidden: torch.Tensor, ignore_index: int):
+    """How good a self-training mask is, measured against labels the training never sees: (precision, the
+    share of masked pixels whose pseudo-label equals the hidden label; coverage, the share of labelled
+    pixels masked). All [B, H, W]; pixels whose hidden label is void do not count. nan precision if none."""
+    with torch.no_grad():
+        valid = hidden != ignore_index
+        chosen = mask & valid
+        right = (chosen & (pseudo == hidden)).sum()
+        return right / chosen.sum().clamp(min=1) if chosen.any() else torch.tensor(float("nan")), (
+            chosen.sum() / valid.sum().clamp(min=1)
+        )
+
+
+def precision_at_coverage(confidence: torch.Tensor, pseudo: torch.Tensor, hidden: torch.Tensor, coverage: float,
+                          ignore_index: int) -> torch.Tensor:  # fmt: skip
+    """Precision of the `coverage` share of labelled pixels with the highest `confidence` (e.g. G's max
+    softmax, [B, H, W]): the mask another method would need to match at equal coverage. nan if it is empty."""
+    with torch.no_grad():
+        valid = hidden != ignore_index
+        count = round(float(coverage) * int(valid.sum()))
+        if count == 0:
+            return torch.tensor(float("nan"))
+        top = confidence[valid].topk(count).indices
+        return (pseudo[valid][top] == hidden[valid][top]).float().mean()

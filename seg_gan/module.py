@@ -14,24 +14,26 @@ The loss maths are pure functions in `seg_gan.losses`; the checks that keep a ru
 With two optimizers Lightning's `global_step` advances twice per batch; schedules count batches.
 """
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from seg_gan import semi
 from seg_gan.checkpoint import check_checkpoint_fits
+from seg_gan.evaluation import SegmentationModule
 from seg_gan.guards import StabilityGuard, check_options, prepare_strategy
-from seg_gan.inference import InferenceMode, predict_logits, whole
+from seg_gan.inference import InferenceMode, whole
 from seg_gan.losses import (
     AdversarialLoss,
     RealEncoding,
+    correctness_loss,
+    correctness_target,
     cross_entropy,
     discriminator_accuracy,
     discriminator_loss,
@@ -57,9 +59,10 @@ class GOutput:
     u_image: torch.Tensor | None = None  # [Bu, 3, H, W] unlabeled images (semi-supervised)
     u_logits: torch.Tensor | None = None  # [Bu, C, H, W]
     u_probs: torch.Tensor | None = None  # [Bu, C, H, W]
+    u_hidden: torch.Tensor | None = None  # [Bu, H, W] the unlabeled images' labels if on disk: diagnostics only
 
 
-class SegGAN(pl.LightningModule):
+class SegGAN(SegmentationModule):
     """Adversarial semantic segmentation (Luc et al. 2016; Hung et al. 2018; Mittal et al. 2019).
 
     Args:
@@ -87,9 +90,14 @@ class SegGAN(pl.LightningModule):
         lambda_semi: weight of the self-training loss on unlabeled images (semi-supervised).
         mask_threshold: D confidence above which an unlabeled pixel's own argmax is a target (with an
             image-level D, as in s4GAN, the whole image's).
-        semi_method: 'hung' (Hung et al. 2018: adversarial loss on unlabeled predictions, per-pixel
-            confidence mask) or 's4gan' (Mittal et al. 2019: feature matching instead, with the 'image'
-            D; paper values: mask_threshold 0.6, lambda_semi 1.0, lambda_fm 0.1).
+        semi_method: how unlabeled images train G (seg_gan/semi.py): 'hung' (Hung et al. 2018: adversarial
+            term, self-training where D trusts G), 's4gan' (Mittal et al. 2019: feature matching, image-level
+            selection; with the 'image' D), 'confidence' (self-training on G's own softmax, no D), 'cutmix'
+            (French et al. 2020: CutMix mean teacher, no D; evaluation uses the teacher).
+        discriminator_target: what D learns: 'real_fake' (ground truth vs G's maps) or 'correct' (per pixel,
+            whether G's argmax is right: an error-predicting D, Ke et al. 2020; it sees the image too).
+        d_dropout: Dropout2d after the first three convs of the fcn and image Ds (s4GAN as published: 0.5).
+        ema_decay: decay of the mean teacher's exponential moving average (semi_method 'cutmix').
         lambda_fm: weight of s4GAN's feature-matching loss (semi_method 's4gan' only).
         semi_start: training batch (not optimizer step) from which the self-training loss is on.
         poly_power: poly schedule lr = base * (1 - batch / total_batches) ** power, for G and D.
@@ -139,6 +147,9 @@ class SegGAN(pl.LightningModule):
         lambda_semi: float = 0.1,
         mask_threshold: float = 0.2,
         semi_method: semi.Method = "hung",
+        discriminator_target: Literal["real_fake", "correct"] = "real_fake",
+        d_dropout: float = 0.0,
+        ema_decay: float = 0.99,
         lambda_fm: float = 0.1,
         semi_start: int = 5000,
         poly_power: float = 0.9,
@@ -162,13 +173,17 @@ class SegGAN(pl.LightningModule):
         self.automatic_optimization = False
         self.generator = build_generator(arch, encoder_name, encoder_weights, num_classes)
         self.discriminator: nn.Module | None = None  # the supervised baseline has none: nothing built or run
-        if lambda_adv > 0:
+        if lambda_adv > 0 or semi_method == "s4gan":  # s4GAN needs D but has no adversarial term (lambda_adv 0)
             if isinstance(discriminator, str):  # built-in by name; else a class given by class_path
-                discriminator = partial(build_discriminator, discriminator, spectral_norm=spectral_norm)
+                discriminator = partial(build_discriminator, discriminator, spectral_norm=spectral_norm,
+                                        dropout=d_dropout, use_image=discriminator_target == "correct")  # fmt: skip
             self.discriminator = discriminator(num_classes)
-            semi.check_discriminator(semi_method, self.discriminator)
+        semi.check_options(semi_method, discriminator_target, self.discriminator)
+        # the mean teacher: an EMA of G that labels the unlabeled images and is what evaluation runs
+        self.teacher = copy.deepcopy(self.generator).requires_grad_(False) if semi_method == "cutmix" else None
+        self.evaluated = self.generator if self.teacher is None else self.teacher
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        for network in filter(None, [self.generator, self.discriminator]):
+        for network in filter(None, [self.generator, self.discriminator, self.teacher]):
             network.to(memory_format=self.memory_format)
             if compile_models:  # nn.Module.compile wraps the call only: parameters and state_dict keys stay
                 network.compile()
@@ -176,18 +191,6 @@ class SegGAN(pl.LightningModule):
         self.val_metrics = SegmentationMetrics(names, ignore_index)  # evaluation: confusion matrix -> scores
         self.test_metrics = SegmentationMetrics(names, ignore_index)
         self.guard = StabilityGuard(max_consecutive_skips, collapse_patience)
-        self.validated_epoch = 0
-
-    # ---- inference -------------------------------------------------------------------------------
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] normalised image -> [B, C, H, W] logits."""
-        return self.generator(image)
-
-    def predict_logits(self, image: torch.Tensor, out_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Logits [B, C, H, W] for whole images of any size at `out_size` (default: the image size), with
-        the configured inference mode (whole / sliding window) and flip averaging."""
-        return predict_logits(self.generator, image, out_size, self.hparams.inference, self.hparams.window,
-                              self.hparams.stride, self.hparams.flip_tta, self.memory_format)  # fmt: skip
 
     # ---- training --------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:
@@ -204,52 +207,69 @@ class SegGAN(pl.LightningModule):
 
     def generator_forward(self, batch: dict) -> GOutput:
         """G on the labeled images and, with the unlabeled stream ({"labeled": ..., "unlabeled": ...}
-        batches) and a D to judge them, on the unlabeled ones."""
+        batches), on the unlabeled ones (cutmix runs G on their mix later, in seg_gan.semi)."""
         labeled, unlabeled = (batch["labeled"], batch["unlabeled"]) if "labeled" in batch else (batch, None)
         image = labeled["image"].contiguous(memory_format=self.memory_format)
         logits = whole(self.generator, image, self.memory_format)
         out = GOutput(image, labeled["mask"], logits, logits.softmax(1))
-        if unlabeled is not None and self.discriminator is not None:
+        if unlabeled is not None:
+            semi.check_unlabeled(self.hparams.semi_method, self.discriminator)
             out.u_image = unlabeled["image"].contiguous(memory_format=self.memory_format)
-            out.u_logits = whole(self.generator, out.u_image, self.memory_format)
-            out.u_probs = out.u_logits.softmax(1)
+            out.u_hidden = unlabeled.get("hidden_mask")
+            if self.hparams.semi_method != "cutmix":
+                out.u_logits = whole(self.generator, out.u_image, self.memory_format)
+                out.u_probs = out.u_logits.softmax(1)
         return out
 
     def discriminator_step(self, d_opt, out: GOutput) -> None:
-        """real = encoded labels; fake = G's labeled predictions (+ unlabeled ones), all detached."""
-        batch = len(out.image)
+        """real_fake: real = encoded labels, fake = G's predictions (labeled and unlabeled; s4GAN: unlabeled
+        only), all detached, in one D forward. correct: D learns where G's labeled argmax is right."""
+        hp, batch = self.hparams, len(out.image)
         with self.toggled_optimizer(d_opt):  # G's parameters need no gradient here
-            real = encode_real(out.target, out.probs, self.hparams.ignore_index, self.hparams.real_encoding)
-            maps, images = [real, out.probs.detach()], [out.image, out.image]
-            if out.u_probs is not None:
-                maps, images = [*maps, out.u_probs.detach()], [*images, out.u_image]
-            d_logits = self.discriminator(self.noisy(torch.cat(maps)), torch.cat(images))  # [2B + Bu, 1, ...]
-            real_logits, fake_logits = d_logits[:batch], d_logits[batch:]
-            weight = valid_mask(out.target, self.hparams.ignore_index, real_logits)  # void of the labeled images
-            fake_weight = torch.cat([weight, torch.ones_like(fake_logits[batch:])])  # unlabeled: every pixel
-            flipped = flip_labels(real_logits, fake_logits, self.hparams.label_flip)
-            loss_d = discriminator_loss(*flipped, self.hparams.adversarial_loss, weight, fake_weight)
+            if hp.discriminator_target == "correct":
+                d_logits = self.discriminator(self.noisy(out.probs.detach()), out.image)  # [B, 1, H, W]
+                right, weight = correctness_target(out.logits, out.target, hp.ignore_index)
+                loss_d = correctness_loss(d_logits, right, weight)
+                health = discriminator_accuracy(d_logits, d_logits, right, weight - right)  # right vs wrong pixels
+            else:
+                fakes = [(out.u_probs.detach(), out.u_image)] if out.u_probs is not None else []
+                if not (hp.semi_method == "s4gan" and fakes):  # s4GAN's D sees unlabeled predictions only
+                    fakes.insert(0, (out.probs.detach(), out.image))
+                real = encode_real(out.target, out.probs, hp.ignore_index, hp.real_encoding)  # [B, C, H, W]
+                maps, images = torch.cat([real, *(f[0] for f in fakes)]), torch.cat([out.image, *(f[1] for f in fakes)])
+                d_logits = self.discriminator(self.noisy(maps), images)  # one forward: [B + fakes, 1, ...]
+                real_logits, fake_logits = d_logits[:batch], d_logits[batch:]
+                real_weight = valid_mask(out.target, hp.ignore_index, real_logits)  # void of the labeled images
+                fake_weight = torch.ones_like(fake_logits)  # unlabeled predictions: every pixel counts
+                if fakes[0][1] is out.image:
+                    fake_weight[:batch] = real_weight  # labeled predictions: the labels' void pixels do not
+                flipped = flip_labels(real_logits, fake_logits, hp.label_flip)
+                loss_d = discriminator_loss(*flipped, hp.adversarial_loss, real_weight, fake_weight)
+                health = discriminator_accuracy(real_logits, fake_logits, real_weight, fake_weight)
             self.update(d_opt, loss_d, self.discriminator, "d")
-        health = discriminator_accuracy(real_logits, fake_logits, weight, fake_weight)
         self.guard.watch_discriminator(float(health["d_accuracy"]))
-        self.log_dict({"train/loss_d": loss_d.detach(), **{f"train/{k}": v for k, v in health.items()}})
+        # loss_d / 2 = (real + fake) / 2: the scale Hung et al.'s code prints (0.2-0.5 called healthy there)
+        self.log_dict({"train/loss_d": loss_d.detach(), "train/loss_d_hung_scale": loss_d.detach() / 2,
+                       **{f"train/{k}": v for k, v in health.items()}})  # fmt: skip
 
     def generator_step(self, g_opt, out: GOutput) -> None:
         with self.toggled_optimizer(g_opt):  # D's parameters are frozen: gradients flow to G only
             # {log name: (weight, unweighted loss)}; cross-entropy is 0, not NaN, on an all-void batch
             terms = {"train/loss_ce": (1.0, cross_entropy(out.logits, out.target, self.hparams.ignore_index))}
-            if self.discriminator is not None:
+            if self.discriminator is not None and self.hparams.lambda_adv > 0:
                 fake_logits = self.discriminator(self.noisy(out.probs), out.image)
                 weight = valid_mask(out.target, self.hparams.ignore_index, fake_logits)
                 loss_adv = generator_adversarial_loss(fake_logits, self.hparams.adversarial_loss, weight)
                 terms["train/loss_adv"] = (self.hparams.lambda_adv, loss_adv)
-                if out.u_logits is not None:
-                    batches_done = self.trainer.fit_loop.epoch_loop.total_batch_idx  # batches, not optimizer steps
-                    unlabeled, figures = semi.unlabeled_terms(self.discriminator, out, self.hparams, batches_done)
-                    terms |= unlabeled
-                    self.log_dict(figures)
+            if out.u_image is not None:
+                batches_done = self.trainer.fit_loop.epoch_loop.total_batch_idx  # batches, not optimizer steps
+                unlabeled, figures = semi.unlabeled_terms(self, out, batches_done)
+                terms |= unlabeled
+                self.log_dict(figures)
             loss_g = sum(weight * loss for weight, loss in terms.values())
             self.update(g_opt, loss_g, self.generator, "g")
+        if self.teacher is not None:
+            semi.ema_update(self.teacher, self.generator, self.hparams.ema_decay)
         self.guard.count_void_batch(bool((out.target == self.hparams.ignore_index).all()))
         self.log_dict({name: loss.detach() for name, (_, loss) in terms.items()})
         self.log_dict({"train/loss_g": loss_g.detach(), "train/void_batches": float(self.guard.void_batches)})
@@ -302,44 +322,3 @@ class SegGAN(pl.LightningModule):
         except RuntimeError:  # load_from_checkpoint: no Trainer attached
             resuming = False
         check_checkpoint_fits(checkpoint, self.state_dict(), dict(self.hparams), resuming)
-
-    # ---- evaluation ------------------------------------------------------------------------------
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.val_metrics.update(self.predict_step(batch, batch_idx), batch["mask"])
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.test_metrics.update(self.predict_step(batch, batch_idx), batch["mask"])
-
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        # at the labels' resolution (full, whatever data.eval_size); a prediction item's mask is all void
-        return self.predict_logits(batch["image"], batch["mask"].shape[-2:]).argmax(1)  # [B, H, W] train ids
-
-    def on_validation_epoch_start(self) -> None:
-        self.val_metrics.reset()
-
-    def on_test_epoch_start(self) -> None:
-        self.test_metrics.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:  # a few batches to catch errors early, not a score
-            return self.val_metrics.reset()
-        self.log_dict(self.val_metrics.compute().metrics("val"))  # the confusion matrix summed over processes
-        self.validated_epoch = self.current_epoch  # for the table printed at the end of fit
-        if self.trainer.state.fn == "validate":
-            self.print_table("val")
-
-    def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute().metrics("test"))
-        self.print_table("test")
-
-    def on_fit_end(self) -> None:
-        self.print_table("val")
-
-    @rank_zero_only
-    def print_table(self, split: str) -> None:
-        metrics = self.val_metrics if split == "val" else self.test_metrics
-        if metrics.update_count == 0:
-            print("\nNo validation ran, so there is no per-class IoU table (see trainer.check_val_every_n_epoch).")
-        else:
-            epoch = self.validated_epoch if split == "val" else self.current_epoch
-            print("\n" + metrics.compute().table(f"Per-class IoU ({split}, epoch {epoch})"), flush=True)

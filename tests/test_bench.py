@@ -4,7 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
+
+from seg_gan.errors import UserError
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -24,7 +27,7 @@ def test_semi_benchmark_scales_camvid_once(camvid_root, tmp_path):
     from seg_gan.bench.semi import scaled_copy
 
     copy = scaled_copy(camvid_root, tmp_path, [24, 32])
-    for folder in ("train", "trainannot", "val", "valannot"):
+    for folder in ("train", "trainannot", "val", "valannot"):  # (test, testannot: when the root has them)
         originals = sorted((camvid_root / folder).glob("*.png"))
         assert [p.name for p in sorted((copy / folder).glob("*.png"))] == [p.name for p in originals]
         original, scaled = (Image.open(d / folder / originals[0].name) for d in (camvid_root, copy))
@@ -35,15 +38,44 @@ def test_semi_benchmark_scales_camvid_once(camvid_root, tmp_path):
     assert scaled_copy(camvid_root, tmp_path, [24, 32]) == copy and (copy / "DONE").stat().st_mtime_ns == stamp
 
 
-def test_semi_benchmark_table_from_result_files(tmp_path):
+def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
+    from seg_gan.bench.semi_table import interval, tables
 
-    from seg_gan.bench.semi import table
+    def write(arm, labels, seed, val, test):
+        iou = {"Sky": val, "Bicyclist": float("nan")}
+        result = {"arm": arm, "labels": labels, "seed": seed, "val_mIoU": val, "test_mIoU": test, "val_iou": iou,
+                  "test_iou": iou, "diagnostics": {"semi_mask_precision": 0.9} if arm == "cutmix" else {}}  # fmt: skip
+        (tmp_path / f"{arm}-{labels}-seed{seed}.json").write_text(json.dumps(result))
 
-    for arm, seed, miou in [("supervised", 0, 0.50), ("supervised", 1, 0.52), ("full", 0, 0.61),
-                            ("semi", 0, 0.54), ("semi", 1, 0.54)]:  # fmt: skip
-        result = {"arm": arm, "seed": seed, "val_mIoU": miou, "train_s": 60.0}
-        (tmp_path / f"{arm}-seed{seed}.json").write_text(json.dumps(result))
-    rows = {line.split(" | ")[0].strip("| "): line for line in table(tmp_path).splitlines()[2:]}
-    assert list(rows) == ["supervised", "semi", "full"]  # arms without files are left out
-    assert "| 0.5100 | 0.5000-0.5200 | 0.0141 |" in rows["supervised"]
-    assert "| +30% |" in rows["semi"]  # (0.54 - 0.51) / (0.61 - 0.51)
+    for seed, (base, mixed) in enumerate([(0.50, 0.56), (0.52, 0.57), (0.51, 0.55)]):
+        write("supervised", "1-16", seed, base, base - 0.01)
+        write("cutmix", "1-16", seed, mixed, mixed)
+    write("full", "full", 0, 0.61, 0.60)
+    main, classes, masks = tables(tmp_path).strip().split("\n\n")[1:4]  # after the heading
+    rows = {line.split(" | ")[0].strip("| "): line for line in (main + "\n" + classes).splitlines()}
+    assert "| 0,1,2 | 51.0 ± 1.0 | 50.0 ± 1.0 |" in rows["supervised"]
+    # paired val differences 6, 5, 4 points: mean 5, t(0.975, 2) = 4.303, sem = 1 / sqrt(3)
+    mean, low, high = interval([0.06, 0.05, 0.04])
+    assert (mean, round(low, 4), round(high, 4)) == (pytest.approx(0.05), 0.0252, 0.0748)
+    assert "+5.0 [+2.5, +7.5] 3/3 gain" in rows["cutmix"]
+    assert "| +50% / +60% |" in rows["cutmix"]  # (56 - 51) / (61 - 51) on val; (56 - 50) / (60 - 50) on test
+    assert rows["full"].startswith("| full | 0 | 61.0 | 60.0 |")
+    assert rows["Bicyclist"].endswith("| - | - | - |")  # nan: absent in every run
+    assert "| cutmix | 0.900 | - | - | - |" in masks
+
+
+def test_class_balanced_labeled_lists():
+    from seg_gan.data.splits import choose_balanced
+
+    presence = {f"a_{i}": {i % 3} for i in range(12)} | {f"b_{i}": {0, 1} for i in range(6)}
+    groups = {name: name[0] for name in presence}
+    chosen, tries = choose_balanced(presence, groups, 6, classes=3, seed=0)
+    assert len(chosen) == 6 and sum(n.startswith("a") for n in chosen) == 4  # 12 of 18 frames -> 4 of 6
+    assert all(sum(c in presence[n] for n in chosen) >= 2 for c in range(3)) and tries >= 1
+    assert choose_balanced(presence, groups, 6, classes=3, seed=0) == (chosen, tries)  # seeded
+    with pytest.raises(UserError, match="no draw of 2 images"):
+        choose_balanced(presence, groups, 2, classes=3, seed=0, max_tries=50)
+    for name, count in [("1-32", 11), ("1-16", 23), ("1-8", 46)]:  # the shipped lists
+        names = (REPO / "configs" / "splits" / f"camvid_{name}_balanced.txt").read_text().split()
+        assert len(names) == len(set(names)) == count
+        assert {n.split("_")[0] for n in names} == {"0001TP", "0006R0", "0016E5"}

@@ -7,7 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from seg_gan.losses import (
+    box_mask,
     confidence_mask,
+    correctness_loss,
+    correctness_target,
     cross_entropy,
     discriminator_accuracy,
     discriminator_loss,
@@ -15,6 +18,9 @@ from seg_gan.losses import (
     feature_matching_loss,
     flip_labels,
     generator_adversarial_loss,
+    mask_precision,
+    masked_cross_entropy,
+    precision_at_coverage,
     pseudo_labels,
     valid_mask,
 )
@@ -130,3 +136,40 @@ def test_feature_matching_compares_batch_means_and_leaves_real_features_alone():
     assert float(loss) == pytest.approx((0 + 2) / 2)
     loss.backward()
     assert real.grad is None and fake.grad is not None  # real maps only set the target
+
+
+def test_correctness_target_marks_right_pixels_and_leaves_void_out():
+    logits = torch.tensor([[[[2.0, 0.0, 1.0]], [[0.0, 2.0, 0.0]]]])  # [1, 2 classes, 1, 3]: argmax 0, 1, 0
+    target = torch.tensor([[[0, 0, 255]]])  # right, wrong, void
+    right, weight = correctness_target(logits, target, 255)
+    assert right.flatten().tolist() == [1, 0, 0] and weight.flatten().tolist() == [1, 1, 0]
+    d_logits = torch.tensor([[[[0.0, 0.0, 100.0]]]])  # the void pixel's huge logit must not count
+    expected = float(F.binary_cross_entropy_with_logits(torch.zeros(2), torch.tensor([1.0, 0.0])))
+    assert float(correctness_loss(d_logits, right, weight)) == pytest.approx(expected)
+
+
+def test_masked_cross_entropy_divides_by_every_pixel():
+    logits = torch.zeros(1, 2, 1, 4)  # uniform: cross-entropy log 2 at every pixel
+    mask = torch.tensor([[[True, True, False, False]]])
+    loss = masked_cross_entropy(logits, torch.tensor([[[0, 1, 255, 255]]]), mask)
+    assert float(loss) == pytest.approx(2 * math.log(2) / 4)  # 2 confident pixels of 4
+
+
+def test_box_mask_covers_about_half_of_each_image():
+    masks = box_mask(64, (40, 60), 0.5, torch.Generator().manual_seed(0))
+    assert masks.shape == (64, 1, 40, 60) and set(masks.unique().tolist()) == {0.0, 1.0}
+    areas = masks.mean((1, 2, 3))
+    assert (areas > 0.3).all() and (areas <= 0.55).all() and abs(float(areas.mean()) - 0.5) < 0.06
+    rows = masks[:, 0].amax(2).sum(1)  # one box: its rows are contiguous
+    assert torch.equal(rows * masks[:, 0].amax(1).sum(1), masks[:, 0].sum((1, 2)))
+
+
+def test_mask_precision_and_precision_at_coverage_by_hand():
+    hidden = torch.tensor([[[0, 1, 2, 255], [1, 1, 0, 0]]])  # 7 labelled pixels
+    pseudo = torch.tensor([[[0, 0, 2, 3], [1, 0, 0, 1]]])  # right at 0, 2, 4, 6 (of the labelled)
+    mask = torch.tensor([[[True, True, False, True], [True, False, False, True]]])  # 4 labelled masked
+    precision, coverage = mask_precision(mask, pseudo, hidden, 255)
+    assert float(precision) == pytest.approx(2 / 4) and float(coverage) == pytest.approx(4 / 7)
+    confidence = torch.tensor([[[0.9, 0.1, 0.8, 1.0], [0.7, 0.2, 0.6, 0.3]]])  # top-4 labelled: 0.9, 0.8, 0.7, 0.6
+    assert float(precision_at_coverage(confidence, pseudo, hidden, 4 / 7, 255)) == pytest.approx(4 / 4)
+    assert torch.isnan(mask_precision(torch.zeros_like(mask), pseudo, hidden, 255)[0])

@@ -1,12 +1,18 @@
-"""Semi-supervised terms (Hung, s4GAN) inside real training steps."""
+"""Semi-supervised methods (Hung, error-predicting D, s4GAN, softmax confidence, CutMix mean teacher) inside
+real training steps, and the diagnostic that measures their masks against labels training never sees."""
 
 import csv
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
-from conftest import SEMI, fit_one_batch
+import torch
+from conftest import SEMI, fit_one_batch, read_metrics, snapshot, tiny_args
+from PIL import Image
 
 from seg_gan import SegGAN
+from seg_gan.cli import main
+from seg_gan.data import CityscapesDataModule
 from seg_gan.errors import UserError
 
 
@@ -62,9 +68,8 @@ def test_s4gan_feature_matching_compares_real_maps_with_unlabeled_predictions(ci
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(type(model.discriminator), "features", spy)
         fit_one_batch(model, cityscapes_root, **SEMI)
-    # D step, G step (labeled adversarial), then the two feature-matching calls: real maps (no graph to G),
-    # unlabeled predictions (graph to G)
-    assert calls[-2:] == [(False, 2), (True, 2)]
+    # the last two calls are the feature matching: unlabeled predictions (graph to G) and real maps (none)
+    assert sorted(calls[-2:]) == [(False, 2), (True, 2)]
 
 
 def test_s4gan_needs_a_discriminator_with_features():
@@ -75,3 +80,75 @@ def test_s4gan_needs_a_discriminator_with_features():
 def test_unlabeled_stream_needs_unlabeled_images(cityscapes_root):
     with pytest.raises(UserError, match="unlabeled_stream: true, but every training image is labeled"):
         fit_one_batch(SegGAN(num_classes=19), cityscapes_root, unlabeled_stream=True)
+
+
+def test_the_mean_teacher_follows_the_student_only_and_is_what_evaluation_runs(cityscapes_root):
+    model = SegGAN(num_classes=19, lambda_adv=0.0, semi_method="cutmix", semi_start=0, lambda_semi=1.0,
+                   mask_threshold=0.0, ema_decay=0.9, g_optimizer="adam", g_lr=1e-2)  # fmt: skip
+    assert model.discriminator is None and model.evaluated is model.teacher
+    start = snapshot(model.teacher)
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    fit_one_batch(model, cityscapes_root, **SEMI)  # one batch: teacher = 0.9 start + 0.1 student
+    student = snapshot(model.generator)
+    for name, value in snapshot(model.teacher).items():
+        assert torch.allclose(value, 0.9 * start[name] + 0.1 * student[name], atol=1e-6), name
+    image = torch.randn(1, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model.predict_logits(image), model.teacher(image))  # validation/predict: the teacher
+        assert not torch.equal(model.predict_logits(image), model.generator(image))
+
+
+@pytest.mark.parametrize("method", ["confidence", "cutmix"])  # hung and s4gan share the confidence code path
+def test_hidden_labels_are_logged_against_and_never_trained_on(cityscapes_root, tmp_path, method):
+    def run(name: str) -> tuple[dict, list[dict]]:
+        torch.manual_seed(0)
+        model = SegGAN(num_classes=19, semi_method=method, semi_start=0, mask_threshold=0.0,
+                       lambda_adv=0.01 if method == "hung" else 0.0)  # fmt: skip
+        logger = pl.loggers.CSVLogger(tmp_path / name)
+        fit_one_batch(model, cityscapes_root, max_steps=2 if method == "hung" else 1, logger=logger, **SEMI)
+        rows = list(csv.DictReader(open(logger.experiment.metrics_file_path)))
+        return snapshot(model.generator), rows
+
+    weights, rows = run("true")
+    precision = [float(r["train/semi_mask_precision"]) for r in rows if r.get("train/semi_mask_precision")]
+    assert precision and all(0 <= p <= 1 for p in precision)
+    assert any(r.get("train/softmax_mask_precision_same_coverage") for r in rows)
+    data = CityscapesDataModule(str(cityscapes_root), labeled_fraction=0.5, crop_size=(32, 64))
+    data.setup("fit")
+    for sample in data.unlabeled_samples:  # scramble the unlabeled images' label files
+        Image.fromarray(np.full((32, 64), 7, np.uint8)).save(sample.hidden)  # all road
+    scrambled, rows = run("scrambled")
+    assert all(torch.equal(weights[k], scrambled[k]) for k in weights)  # training never read them
+    assert [float(r["train/semi_mask_precision"]) for r in rows if r.get("train/semi_mask_precision")] != precision
+
+
+@pytest.mark.parametrize("arm", [
+    ["--model.discriminator_target", "correct", "--model.mask_threshold", "0.5"],
+    ["--model.semi_method", "s4gan", "--model.discriminator", "image", "--model.lambda_adv", "0",
+     "--model.d_dropout", "0.5", "--model.mask_threshold", "0.7", "--model.d_lr", "1e-5"],
+    ["--model.semi_method", "confidence", "--model.lambda_adv", "0", "--model.mask_threshold", "0.95"],
+    ["--model.semi_method", "cutmix", "--model.lambda_adv", "0", "--model.mask_threshold", "0.97"],
+], ids=["error-d", "s4gan-published", "confidence", "cutmix"])  # fmt: skip
+def test_every_semi_supervised_method_fits_from_the_cli(cityscapes_root, tmp_path, arm):
+    semi = ["--data.labeled_fraction", "0.5", "--data.unlabeled_stream", "true", "--model.semi_start", "0"]
+    main(["fit", *tiny_args(cityscapes_root, tmp_path, "--trainer.max_steps", "4", "--data.batch_size", "2",
+                            *semi, *arm)])  # fmt: skip
+    keys = set().union(*read_metrics(tmp_path))
+    assert {"train/loss_semi", "train/semi_mask_ratio", "train/semi_mask_coverage", "val/mIoU"} <= keys
+    if "s4gan" in arm:  # as published: no adversarial term, D sees only unlabeled predictions as fakes
+        assert "train/loss_adv" not in keys and {"train/loss_fm", "train/loss_d_hung_scale"} <= keys
+
+
+def test_an_error_predicting_discriminator_sees_the_image_and_learns_right_from_wrong(cityscapes_root):
+    model = SegGAN(num_classes=19, discriminator_target="correct", d_lr=1e-3)
+    assert model.discriminator.use_image  # where G is wrong depends on the image, not only on the map
+    trainer = fit_one_batch(model, cityscapes_root, max_steps=20)
+    assert float(trainer.callback_metrics["train/d_accuracy"]) > 0.5  # right vs wrong pixels, after 10 D steps
+
+
+def test_methods_that_need_a_discriminator_refuse_to_run_without_one(cityscapes_root):
+    with pytest.raises(UserError, match="'hung' needs the discriminator, but model.lambda_adv is 0"):
+        fit_one_batch(SegGAN(num_classes=19, lambda_adv=0.0), cityscapes_root, **SEMI)
+    with pytest.raises(UserError, match="'correct' does not go with semi_method 's4gan'"):
+        SegGAN(num_classes=19, semi_method="s4gan", discriminator="image", discriminator_target="correct")

@@ -1,73 +1,85 @@
-"""Semi-supervised experiment on CamVid: supervised / adversarial / adversarial+semi at 1/8 labels, and full labels.
+"""The semi-supervised study on CamVid: which way of using unlabeled images helps, against the field's
+positive control and a supervised baseline trained on the same few labels.
 
-Every (arm, seed) run writes `<out>/<arm>-seed<seed>.json`; runs already there are skipped, so the
-grid can be run in pieces (`--arms`, `--seeds`) across sessions. The table is built from the files.
-Generator: Unet with an ImageNet EfficientNet-Lite0 encoder (installed offline by the
-`experiments` extra and converted with seg_gan.models.convert); everything else from
-configs/camvid_semi.yaml, with 192x256 crops. CamVid is first written once at `--size` (default
-240x320: images antialiased bilinear, labels nearest) into `<out>/camvid-<H>x<W>`, and training and
-evaluation (mIoU included) run on that copy: smaller files, and the same protocol on every machine.
+    python -m seg_gan.bench semi --root /path/to/CamVid --labels 1-16 --arms supervised cutmix --seeds 0 1 2 3 4
+    python -m seg_gan.bench semi --table-only                 # the tables from the committed result files
+    python -m seg_gan.bench semi --root /path/to/CamVid --make-splits configs/splits
+
+Every (arm, labels, seed) run trains `--batches` batches of 8 labeled (+ 8 unlabeled) images, then
+evaluates its final weights once on val and once on test, and writes one JSON into `--results` (by
+default `seg_gan/bench/results/semi/`, committed, so the study accumulates across machines); runs whose
+file exists are skipped. Choices are made on val; test numbers are for the final table only. Seeds are
+paired: a seed gives every arm the same initialisation and data order. G: Unet with an ImageNet
+EfficientNet-Lite0 encoder (installed offline by the `experiments` extra); everything else from
+configs/camvid_semi.yaml. CamVid is written once at `--size` (default 240x320: images antialiased,
+labels nearest) into `<work>/camvid-<H>x<W>`, and training and evaluation run on that copy. The
+labeled subsets are the class-balanced lists of configs/splits/ (`--make-splits` draws them).
 """
 
 import argparse
+import datetime
 import json
+import platform
 import statistics
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from tqdm import tqdm
 
+from seg_gan.bench.semi_table import tables
 from seg_gan.cli import build_cli
+from seg_gan.data.camvid import CAMVID_CLASSES
 from seg_gan.data.io import read_image, read_label
+from seg_gan.data.splits import choose_balanced
 
-REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "camvid_semi.yaml"
-ARMS = {  # each arm differs from its neighbour in one switch; run in this order
-    "supervised": ["--model.lambda_adv", "0", "--data.unlabeled_stream", "false"],
-    "full": ["--model.lambda_adv", "0", "--data.unlabeled_stream", "false", "--data.labeled_fraction", "1.0"],
-    "semi": [],
-    "adversarial": ["--data.unlabeled_stream", "false"],
-    # Mittal et al. 2019 with its paper values (not in the default grid; `--arms s4gan` runs it)
-    "s4gan": [
-        "--model.semi_method",
-        "s4gan",
-        "--model.discriminator",
-        "image",
-        "--model.mask_threshold",
-        "0.6",
-        "--model.lambda_semi",
-        "1.0",
-    ],
-}
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / "results" / "semi"
+LABELS = {"1-32": 11, "1-16": 23, "1-8": 46}  # labeled images of CamVid's 367 training frames
+NO_UNLABELED = ["--data.unlabeled_stream", "false"]
+ARMS = {  # arm -> model/data options on top of configs/camvid_semi.yaml (Hung et al.'s settings)
+    "supervised": ["--model.lambda_adv", "0", *NO_UNLABELED],
+    "adversarial": NO_UNLABELED,  # Hung et al.'s labeled adversarial term only
+    "hung": [],  # Hung et al. 2018 semi-supervised
+    # error-predicting D (Ke et al. 2020, Samson et al. 2019) in Hung's scheme: sigmoid(D) = P(G right)
+    "error": ["--model.discriminator_target", "correct", "--model.mask_threshold", "0.9"],
+    # s4GAN as published for Cityscapes (Mittal et al. 2019; their code's README): no adversarial term,
+    # Dropout2d 0.5 in the image D, D lr 1e-5, threshold 0.7, self-training from the first batch
+    "s4gan": ["--model.semi_method", "s4gan", "--model.discriminator", "image", "--model.lambda_adv", "0",
+              "--model.d_dropout", "0.5", "--model.d_lr", "1e-5", "--model.mask_threshold", "0.7",
+              "--model.lambda_semi", "1.0", "--model.lambda_fm", "0.1", "--model.semi_start", "0"],
+    # the ablation of Hung's arm: its self-training, with G's own softmax instead of D's confidence
+    "confidence": ["--model.semi_method", "confidence", "--model.lambda_adv", "0", "--model.mask_threshold", "0.9"],
+    # the positive control (French et al. 2020): CutMix mean teacher, consistency from the first batch
+    "cutmix": ["--model.semi_method", "cutmix", "--model.lambda_adv", "0", "--model.mask_threshold", "0.97",
+               "--model.lambda_semi", "1.0", "--model.semi_start", "0", "--model.ema_decay", "0.99"],
+    "full": ["--model.lambda_adv", "0", *NO_UNLABELED],  # the ceiling: every training label
+}  # fmt: skip
+DIAGNOSTICS = ["train/semi_mask_precision", "train/semi_mask_coverage", "train/softmax_mask_precision_same_coverage",
+               "train/semi_mask_ratio", "train/d_accuracy", "train/loss_d_hung_scale"]  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", help="CamVid folder (SegNet layout); required unless --table-only")
-    parser.add_argument("--out", type=Path, default=Path("bench_results/semi"), help="result folder")
-    parser.add_argument("--arms", nargs="+", default=["supervised", "full", "semi", "adversarial"], choices=list(ARMS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--root", help="CamVid folder (SegNet layout, with test/ and testannot/)")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--labels", default="1-16", choices=list(LABELS), help="labeled subset (configs/splits)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--batches", type=int, default=1000, help="training batches per run")
-    parser.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        default=[240, 320],
-        metavar=("H", "W"),
-        help="CamVid is scaled to this size once, before any run",
-    )
-    parser.add_argument(
-        "--semi-start",
-        type=int,
-        default=None,
-        help="batch from which self-training is on (default: --batches // 4, as in Hung et al.)",
-    )
-    parser.add_argument("--table-only", action="store_true", help="only build the table from the result files")
+    parser.add_argument("--size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
+    parser.add_argument("--semi-start", type=int, help="first self-training batch (default: batches // 4)")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more CLI options for every run")
+    parser.add_argument("--tag", default="", help="suffix of the arm's name in the results (probes: --extra)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON files go")
+    parser.add_argument("--work", type=Path, default=Path("bench_results/semi"), help="scaled data, logs")
+    parser.add_argument("--table-only", action="store_true", help="only print the tables from --results")
+    parser.add_argument("--make-splits", type=Path, help="draw the class-balanced labeled lists into this folder")
 
 
-def encoder_weights(out: Path) -> Path:
-    path = out / "effnet_lite0_encoder.pth"
+def encoder_weights(work: Path) -> Path:
+    path = work / "effnet_lite0_encoder.pth"
     if not path.is_file():
         from seg_gan.models.convert import main as convert
 
@@ -80,7 +92,7 @@ def scaled_copy(root: Path, out: Path, size: list[int]) -> Path:
     copy = out / f"camvid-{size[0]}x{size[1]}"
     if (copy / "DONE").is_file():
         return copy
-    folders = ("train", "trainannot", "val", "valannot")
+    folders = ("train", "trainannot", "val", "valannot", "test", "testannot")
     files = [path for folder in folders for path in sorted((root / folder).glob("*.png"))]
     if not files:
         raise SystemExit(f"error: no CamVid PNGs under {root}/train, trainannot, val, valannot (SegNet layout).")
@@ -97,74 +109,102 @@ def scaled_copy(root: Path, out: Path, size: list[int]) -> Path:
     return copy
 
 
+def make_splits(root: Path, folder: Path, min_pixels: int = 100) -> None:
+    """configs/splits/camvid_<labels>_balanced.txt: seeded draws (seed 0) in which each of the 11 classes
+    covers at least `min_pixels` pixels in at least two labeled frames, spread over the 3 training
+    sequences in proportion to their sizes (seg_gan.data.splits.choose_balanced)."""
+    presence, groups = {}, {}
+    for path in sorted((root / "trainannot").glob("*.png")):
+        counts = torch.bincount(torch.from_numpy(read_label(path)).flatten().long(), minlength=256)
+        presence[path.stem] = {c for c in range(len(CAMVID_CLASSES)) if counts[c] >= min_pixels}
+        groups[path.stem] = path.stem.split("_")[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in LABELS.items():
+        names, tries = choose_balanced(presence, groups, count, len(CAMVID_CLASSES), seed=0)
+        (folder / f"camvid_{name}_balanced.txt").write_text("\n".join(names) + "\n")
+        print(f"camvid_{name}_balanced.txt: {len(names)} frames (draw {tries} of seed 0 met the condition)")
+
+
 def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> dict:
-    run_dir = options.out / "runs" / f"{arm}-seed{seed}"
+    name = f"{arm}{options.tag}-{options.labels}-seed{seed}"
+    run_dir = options.work / "runs" / name
     semi_start = options.batches // 4 if options.semi_start is None else options.semi_start
-    optimizers = 1 if "--model.lambda_adv" in ARMS[arm] else 2  # global_step counts optimizer steps
+    labels = ["--data.labeled_fraction", "1.0"] if arm == "full" else [
+        "--data.labeled_list", str(REPO / "configs" / "splits" / f"camvid_{options.labels}_balanced.txt")]  # fmt: skip
     args = [
-        "--config", str(REPO_CONFIG), "--data.root", str(options.data_root), "--seed_everything", str(seed),
-        "--model.encoder_name", "timm-tf_efficientnet_lite0", "--model.encoder_weights", str(weights),
-        "--model.semi_start", str(semi_start), "--data.scale_range", "[1.0, 1.0]",
-        "--data.eval_size", "null",
-        "--trainer.max_epochs", "-1", "--trainer.max_steps", str(options.batches * optimizers),
+        "--config", str(REPO / "configs" / "camvid_semi.yaml"), "--data.root", str(options.data_root),
+        "--seed_everything", str(seed), "--model.encoder_name", "timm-tf_efficientnet_lite0",
+        "--model.encoder_weights", str(weights), "--model.semi_start", str(semi_start), *labels,
+        "--data.scale_range", "[1.0, 1.0]", "--data.eval_size", "null", "--data.test_split", "test",
+        "--trainer.max_epochs", "-1", "--trainer.max_steps", str(optimizer_steps(arm) * options.batches),
         "--trainer.check_val_every_n_epoch", "100000", "--trainer.num_sanity_val_steps", "0",
         "--trainer.default_root_dir", str(run_dir), "--trainer.log_every_n_steps", "10",
         "--trainer.enable_progress_bar", "false", "--data.persistent_workers", "true",
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run_dir),
-        *ARMS[arm],
+        *ARMS[arm], *options.extra,
     ]  # fmt: skip
     cli = build_cli(args, run=False)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     train_s = time.perf_counter() - start
-    cli.trainer.validate(cli.model, cli.datamodule)
-    scores = cli.model.val_metrics.compute()  # of the validate call above
-    return {"arm": arm, "seed": seed, "val_mIoU": scores.miou, "train_s": round(train_s, 1),
-            "batches": options.batches, "labeled_images": len(cli.datamodule.train_set),
-            "args": " ".join(args)}  # fmt: skip
+    scores = {}
+    for split, evaluate, metrics in [("val", cli.trainer.validate, cli.model.val_metrics),
+                                     ("test", cli.trainer.test, cli.model.test_metrics)]:  # fmt: skip
+        evaluate(cli.model, cli.datamodule)  # the final weights, once each
+        result = metrics.compute()
+        ious = dict(zip(result.class_names, result.iou.tolist(), strict=True))
+        scores |= {f"{split}_mIoU": result.miou, f"{split}_iou": ious}
+    return {
+        "arm": arm + options.tag, "labels": options.labels, "seed": seed, "batches": options.batches,
+        "labeled_images": len(cli.datamodule.train_set), **scores, "diagnostics": diagnostics(run_dir),
+        "train_s": round(train_s, 1), "device": torch.cuda.get_device_name() if torch.cuda.is_available()
+        else platform.processor() or platform.machine(), "torch": torch.__version__, "lightning": pl.__version__,
+        "date": datetime.date.today().isoformat(), "args": " ".join(args),
+    }  # fmt: skip
 
 
-def table(out: Path) -> str:
-    results = [json.loads(path.read_text()) for path in sorted(out.glob("*-seed*.json"))]
-    order = ["supervised", "adversarial", "semi", "s4gan", "full"]
-    by_arm = {arm: [r for r in results if r["arm"] == arm] for arm in order}
-    mean = {arm: statistics.mean(r["val_mIoU"] for r in rs) for arm, rs in by_arm.items() if rs}
-    lines = [
-        "| arm | runs | val mIoU mean | spread (min-max) | std | share of 1/8-to-full gap closed | train time / run |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for arm, rs in by_arm.items():
-        if not rs:
-            continue
-        values = [r["val_mIoU"] for r in rs]
-        gap = ""
-        if "supervised" in mean and "full" in mean and arm in ("adversarial", "semi", "s4gan"):
-            ceiling = mean["full"] - mean["supervised"]
-            gap = f"{(mean[arm] - mean['supervised']) / ceiling:+.0%}" if ceiling > 0 else "n/a (full <= 1/8)"
-        minutes = statistics.mean(r["train_s"] for r in rs) / 60
-        std = f"{statistics.stdev(values):.4f}" if len(values) > 1 else "-"
-        lines.append(
-            f"| {arm} | {len(rs)} (seeds {','.join(str(r['seed']) for r in rs)}) | {mean[arm]:.4f} | "
-            f"{min(values):.4f}-{max(values):.4f} | {std} | {gap} | {minutes:.1f} min |"
-        )
-    return "\n".join(lines)
+def optimizer_steps(arm: str) -> int:
+    """Optimizer steps per batch (what --trainer.max_steps counts): 2 where a D is built."""
+    options = ARMS[arm]
+    no_adversary = "--model.lambda_adv" in options and options[options.index("--model.lambda_adv") + 1] == "0"
+    return 1 if no_adversary and "s4gan" not in options else 2
+
+
+def diagnostics(run_dir: Path) -> dict[str, float]:
+    """Means over the run's logged rows of the GAN-health and mask figures (those it logged)."""
+    import csv
+
+    (path,) = run_dir.rglob("metrics.csv")
+    rows = list(csv.DictReader(path.open()))
+    means = {}
+    for key in DIAGNOSTICS:
+        values = [float(r[key]) for r in rows if r.get(key) and float(r[key]) == float(r[key])]
+        if values:
+            means[key.removeprefix("train/")] = round(statistics.mean(values), 4)
+    return means
 
 
 def run(options: argparse.Namespace) -> None:
-    options.out.mkdir(parents=True, exist_ok=True)
+    if options.make_splits:
+        if options.root is None:
+            raise SystemExit("error: --make-splits needs --root, the CamVid folder.")
+        return make_splits(Path(options.root), options.make_splits)
     if not options.table_only:
         if options.root is None:
             raise SystemExit("error: --root: give the CamVid folder (SegNet layout: train/, trainannot/, val/ ...).")
-        weights = encoder_weights(options.out)
-        options.data_root = scaled_copy(Path(options.root), options.out, options.size)
+        options.work.mkdir(parents=True, exist_ok=True)
+        options.results.mkdir(parents=True, exist_ok=True)
+        weights = encoder_weights(options.work)
+        options.data_root = scaled_copy(Path(options.root), options.work, options.size)
         torch.set_float32_matmul_precision("high")
-        for seed in options.seeds:
+        for seed in options.seeds:  # seed-major: a cut-off grid keeps whole pairs
             for arm in options.arms:
-                path = options.out / f"{arm}-seed{seed}.json"
+                labels = "full" if arm == "full" else options.labels
+                path = options.results / f"{arm}{options.tag}-{labels}-seed{seed}.json"
                 if path.is_file():
                     print(f"{path} exists: skipped")
                     continue
-                result = run_arm(options, arm, seed, weights)
+                result = run_arm(options, arm, seed, weights) | {"labels": labels}
                 path.write_text(json.dumps(result, indent=2) + "\n")
-                print(f"{arm} seed {seed}: val mIoU {result['val_mIoU']:.4f} in {result['train_s'] / 60:.1f} min")
-    print("\n" + table(options.out))
+                print(f"{arm} seed {seed}: val mIoU {result['val_mIoU']:.4f}, {result['train_s'] / 60:.1f} min")
+    print(tables(options.results))

@@ -2,7 +2,8 @@
 
 A dataset is a list of `Sample`s (image path, label path or None, name, city). Items are dicts:
 `image` float [3, H, W] ImageNet-normalised, `mask` int64 [H, W] of train ids (ignore_index = void),
-`name` (file stem), `city` (folder; sequence for CamVid).
+`name` (file stem), `city` (folder; sequence for CamVid); unlabeled-stream items also carry their labels as
+`hidden_mask` [H, W] (their `mask` is all void), read only to measure pseudo-labels, never trained on.
 """
 
 import os
@@ -34,6 +35,7 @@ class Sample:
     label: Path | None
     name: str
     city: str
+    hidden: Path | None = None  # an unlabeled image's label file: decoded for diagnostics, never trained on
 
 
 def run_seed() -> int:
@@ -70,10 +72,11 @@ class SegmentationDataset(Dataset):
         index, augment_seed = item if isinstance(item, tuple) else (item, None)
         sample = self.samples[index]
         image = tv_tensors.Image(read_image(sample.image))  # [3, H, W] uint8
-        if sample.label is None:  # unlabeled image: an all-void mask keeps one item format
+        labels = sample.label or sample.hidden
+        if labels is None:  # unlabeled image: an all-void mask keeps one item format
             mask = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.uint8)
         else:
-            ids = read_label(sample.label)  # [H, W] uint8 label ids
+            ids = read_label(labels)  # [H, W] uint8 label ids
             # np.take with the uint8 ids as indices: half the time of bincount + fancy indexing on 2 MP frames
             unknown = int(np.count_nonzero(np.take(self.unknown, ids)))
             if unknown:
@@ -89,12 +92,11 @@ class SegmentationDataset(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(augment_seed)
                 image, mask = self.transform(image, tv_tensors.Mask(mask))
-        return {
-            "image": image.as_subclass(torch.Tensor),
-            "mask": mask.as_subclass(torch.Tensor).long(),
-            "name": sample.name,
-            "city": sample.city,
-        }
+        mask = mask.as_subclass(torch.Tensor).long()
+        item = {"image": image.as_subclass(torch.Tensor), "mask": mask, "name": sample.name, "city": sample.city}
+        if sample.label is None and sample.hidden is not None:  # moved with the image, out of the training's reach
+            item["mask"], item["hidden_mask"] = torch.full_like(mask, IGNORE_INDEX), mask
+        return item
 
 
 class SegmentationDataModule(pl.LightningDataModule):
@@ -228,7 +230,10 @@ class SegmentationDataModule(pl.LightningDataModule):
             )
             chosen = set(self.labeled_names)
             self.train_set = self._labelled_set([s for s in train if s.name in chosen], "train", train=True)
-            self.unlabeled_samples = [Sample(s.image, None, s.name, s.city) for s in train if s.name not in chosen]
+            # the unlabeled stream keeps its label files as `hidden_mask`, for the semi-supervised diagnostics only
+            self.unlabeled_samples = [
+                Sample(s.image, None, s.name, s.city, s.label) for s in train if s.name not in chosen
+            ]
         if stage in ("fit", "validate"):
             self.val_set = self._labelled_set(self.samples("val"), "val", train=False)
         if stage == "test":

@@ -32,3 +32,50 @@ def choose_labeled(
     ordered = sorted(names)
     count = max(1, round(fraction * len(ordered)))
     return sorted(random.Random(seed).sample(ordered, count))
+
+
+def choose_balanced(
+    presence: dict[str, set[int]],
+    groups: dict[str, str],
+    count: int,
+    classes: int,
+    seed: int = 0,
+    min_frames: int = 2,
+    max_tries: int = 100_000,
+) -> tuple[list[str], int]:
+    """A labeled subset in which every class occurs, spread over the groups: seeded draws of `count` names,
+    stratified by group (each group gets its share of `count`, at least one), until every class occurs
+    in at least `min_frames` of the drawn images. The same inputs give the same subset on any machine.
+
+    Args:
+        presence: name -> the class ids present in its label file.
+        groups: name -> its group (CamVid: the video sequence).
+        count: names to draw.
+        classes: number of classes (ids 0..classes-1) that must each occur `min_frames` times.
+        seed: seed of `random.Random`.
+        min_frames: images each class must occur in.
+        max_tries: draws before giving up.
+
+    Returns:
+        (sorted names, the number of the draw that satisfied the condition, from 1).
+
+    Raises:
+        UserError: no draw within `max_tries` satisfies the condition (too few names for the classes).
+    """
+    rng = random.Random(seed)
+    by_group: dict[str, list[str]] = {}
+    for name in sorted(presence):
+        by_group.setdefault(groups[name], []).append(name)
+    total = len(presence)
+    shares = {g: max(1, round(count * len(names) / total)) for g, names in sorted(by_group.items())}
+    largest = max(shares, key=lambda g: len(by_group[g]))
+    shares[largest] += count - sum(shares.values())  # rounding: the largest group absorbs the difference
+    for attempt in range(1, max_tries + 1):
+        chosen = [name for g in sorted(by_group) for name in rng.sample(by_group[g], shares[g])]
+        frames = [sum(c in presence[name] for name in chosen) for c in range(classes)]
+        if min(frames) >= min_frames:
+            return sorted(chosen), attempt
+    raise UserError(
+        f"no draw of {count} images in {max_tries} tries has every one of the {classes} classes in at least "
+        f"{min_frames} images; expected a larger count or a smaller min_frames."
+    )

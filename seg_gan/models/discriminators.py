@@ -26,25 +26,35 @@ class FCNDiscriminator(nn.Module):
 
     Args:
         num_classes: channels of the label/softmax map.
-        use_image: also feed the RGB image (3 more input channels).
+        use_image: also feed the RGB image (3 more input channels; an error-predicting D needs it).
         width: channels of the first conv (doubles per layer).
         spectral_norm: wrap every conv in spectral normalisation.
+        dropout: Dropout2d probability after each of the first three convs (0 = none).
     """
 
-    def __init__(self, num_classes: int, use_image: bool = False, width: int = 64, spectral_norm: bool = False):
+    def __init__(self, num_classes: int, use_image: bool = False, width: int = 64, spectral_norm: bool = False,
+                 dropout: float = 0.0):  # fmt: skip
         super().__init__()
         self.use_image = use_image
         channels = [num_classes + 3 * use_image, width, width * 2, width * 4, width * 8]
-        layers: list[nn.Module] = []
-        for in_ch, out_ch in zip(channels[:-1], channels[1:], strict=True):
-            layers += [_conv(in_ch, out_ch, 2, spectral_norm), nn.LeakyReLU(0.2, inplace=True)]
-        layers.append(_conv(channels[-1], 1, 2, spectral_norm))
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(
+            *_conv_stack(channels, spectral_norm, dropout), _conv(channels[-1], 1, 2, spectral_norm)
+        )
 
     def forward(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         x = torch.cat([probs, image], 1) if self.use_image else probs
         logits = self.net(x)  # [B, 1, H/32, W/32]
         return F.interpolate(logits, size=probs.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _conv_stack(channels: list[int], spectral_norm: bool, dropout: float) -> list[nn.Module]:
+    """4x4 stride-2 convs with LeakyReLU 0.2, and Dropout2d after the first three (s4GAN's D) if asked."""
+    layers: list[nn.Module] = []
+    for index, (in_ch, out_ch) in enumerate(zip(channels[:-1], channels[1:], strict=True)):
+        layers += [_conv(in_ch, out_ch, 2, spectral_norm), nn.LeakyReLU(0.2, inplace=True)]
+        if dropout > 0 and index < 3:
+            layers.append(nn.Dropout2d(dropout))
+    return layers
 
 
 class ImageDiscriminator(nn.Module):
@@ -54,15 +64,13 @@ class ImageDiscriminator(nn.Module):
         num_classes: channels of the label/softmax map.
         width: channels of the first conv (doubles per layer).
         spectral_norm: wrap every conv and the linear head in spectral normalisation.
+        dropout: Dropout2d probability after each of the first three convs (s4GAN as published: 0.5).
     """
 
-    def __init__(self, num_classes: int, width: int = 64, spectral_norm: bool = False):
+    def __init__(self, num_classes: int, width: int = 64, spectral_norm: bool = False, dropout: float = 0.0):
         super().__init__()
         channels = [num_classes + 3, width, width * 2, width * 4, width * 8]
-        layers: list[nn.Module] = []
-        for in_ch, out_ch in zip(channels[:-1], channels[1:], strict=True):
-            layers += [_conv(in_ch, out_ch, 2, spectral_norm), nn.LeakyReLU(0.2, inplace=True)]
-        self.convs = nn.Sequential(*layers)
+        self.convs = nn.Sequential(*_conv_stack(channels, spectral_norm, dropout))
         head = nn.Linear(channels[-1], 1)
         self.head = apply_spectral_norm(head) if spectral_norm else head
 
@@ -103,5 +111,12 @@ class PatchDiscriminator(nn.Module):
 DISCRIMINATORS = {"fcn": FCNDiscriminator, "image": ImageDiscriminator, "patch": PatchDiscriminator}
 
 
-def build_discriminator(name: str, num_classes: int, spectral_norm: bool = False) -> nn.Module:
+def build_discriminator(name: str, num_classes: int, spectral_norm: bool = False, dropout: float = 0.0,
+                        use_image: bool = False) -> nn.Module:  # fmt: skip
+    """A built-in D by name; `use_image` gives the FCN D the RGB image too (the others always see it);
+    `dropout` is Dropout2d after the first three convs of the FCN and image Ds (PatchGAN: not supported)."""
+    if name == "fcn":
+        return FCNDiscriminator(num_classes, use_image=use_image, spectral_norm=spectral_norm, dropout=dropout)
+    if name == "image":
+        return ImageDiscriminator(num_classes, spectral_norm=spectral_norm, dropout=dropout)
     return DISCRIMINATORS[name](num_classes, spectral_norm=spectral_norm)
