@@ -2,7 +2,7 @@
 PYTHON ?= python
 CAMVID ?=
 
-.PHONY: help install test test-fast lint format train debug bench-data bench-step bench-inference bench-gpu bench-semi clean
+.PHONY: help install test test-fast lint format train debug bench-data bench-step bench-inference bench-gpu bench-semi bench-semi-table clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ bench-gpu:  ## GPU training step: fp32, bf16, channels_last, cudnn.benchmark, to
 bench-semi:  ## the CamVid semi-supervised grid: make bench-semi CAMVID=/path/to/CamVid (experiments extra)
 	@test -n "$(CAMVID)" || (echo "error: give the CamVid folder: make bench-semi CAMVID=/path/to/CamVid" >&2; exit 2)
 	$(PYTHON) -m seg_gan.bench semi --root $(CAMVID)
+
+bench-semi-table:  ## the semi-supervised study's tables, from the committed result files (no data needed)
+	$(PYTHON) -m seg_gan.bench semi --table-only
 
 clean:  ## remove run outputs and caches in this folder
 	rm -rf runs lightning_logs wandb .pytest_cache .ruff_cache

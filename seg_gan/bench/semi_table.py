@@ -67,6 +67,8 @@ def gap_closed(results: list[dict], full: list[dict], arm: str, split: str) -> s
 def tables(folder: Path) -> str:
     """Markdown tables of every labeled subset in `folder` (mIoU in points, mean ± std over seeds)."""
     everything = load(folder)
+    if not everything:
+        return f"no result files in {folder} yet: run python -m seg_gan.bench semi --root /path/to/CamVid ..."
     full = [r for r in everything if r["arm"] == "full"]
     out = []
     for labels in sorted({r["labels"] for r in everything if r["labels"] != "full"}):
