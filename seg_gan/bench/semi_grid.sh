@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The semi-supervised study's whole grid in one call, for a machine with a GPU (or many cores):
+#   bash seg_gan/bench/semi_grid.sh /path/to/CamVid 1-16 [parallel runs, default 10]
+# Every (arm, seed) run is its own process writing its JSON into seg_gan/bench/results/semi/ as it finishes
+# (runs whose file exists are skipped), so a call cut short keeps what finished. Seed-major order: whole
+# pairs first. 8 arms x 5 seeds (3 for the full-label ceiling) = 38 runs; on one H100, 12 runs at once
+# took about 5 minutes for 1000 batches each (previous grid), so the whole grid takes about 15-20 minutes.
+set -euo pipefail
+root=${1:?usage: semi_grid.sh /path/to/CamVid LABELS [PARALLEL]}
+labels=${2:?give the labeled subset: 1-32, 1-16 or 1-8}
+parallel=${3:-10}
+work=${SEG_GAN_SEMI_WORK:-bench_results/semi}             # scaled data, weights, logs
+results=${SEG_GAN_SEMI_RESULTS:-seg_gan/bench/results/semi} # the JSON files (commit them)
+arms=${SEG_GAN_SEMI_ARMS:-supervised adversarial hung error s4gan confidence cutmix}
+seeds=${SEG_GAN_SEMI_SEEDS:-0 1 2 3 4}
+batches=${SEG_GAN_SEMI_BATCHES:-1000}
+mkdir -p "$work/logs"
+# prepare once (scaled CamVid copy, converted encoder weights) before the runs start side by side
+python -m seg_gan.bench semi --root "$root" --labels "$labels" --arms supervised --seeds 0 --batches 1 \
+  --work "$work" --results "$work/prepare" > "$work/logs/prepare.log" 2>&1
+{
+  for seed in $seeds; do
+    for arm in $arms; do echo "$arm $seed"; done
+    if [ "$seed" -lt 3 ]; then echo "full $seed"; fi
+  done
+} | xargs -P "$parallel" -L 1 bash -c 'python -m seg_gan.bench semi --root "'"$root"'" --labels "'"$labels"'" \
+      --arms "$0" --seeds "$1" --batches "'"$batches"'" --work "'"$work"'" --results "'"$results"'" \
+      > "'"$work"'/logs/$0-$1.log" 2>&1 || echo "failed: $0 seed $1"'
+python -m seg_gan.bench semi --table-only --results "$results"
