@@ -1,11 +1,11 @@
-"""Callbacks that write a run's outputs: its record (config.yaml, labeled_split.txt), W&B media, and
-the prediction files.
+"""Callbacks that write a run's outputs: its record (config.yaml, labeled_split.txt, val_split.txt), W&B
+media, and the prediction files.
 
-- `SaveConfig`: the resolved config.yaml and the labeled split into the run's own folder; the whole
-  configuration to the logger (the W&B run config), so runs can be grouped by any parameter.
+- `SaveConfig`: the resolved config.yaml and the labeled (and held-out val) split into the run's own
+  folder; the whole configuration to the logger (the W&B run config), so runs can be grouped by any parameter.
 - `WandbMedia`: fixed validation images with prediction / ground-truth masks (and D's confidence),
   the per-class IoU table each validation, the confusion matrix at the end of fit.
-- `PredictionWriter`: train-id / label-id PNGs and colour overlays from `predict`.
+- `PredictionWriter`: train-id PNGs, the dataset's own label files and colour overlays from `predict`.
 """
 
 from pathlib import Path
@@ -27,8 +27,9 @@ from seg_gan.viz import colormap, confusion_figure, denormalize, palette
 
 class SaveConfig(SaveConfigCallback):
     """The run's record in its own folder: config.yaml (the whole resolved configuration) and, for fit,
-    labeled_split.txt (the labeled training images); the configuration also goes to the logger (the
-    W&B run config). Neither file ever overwrites another run's."""
+    labeled_split.txt (the labeled training images) and, where the data module held a val split out of
+    train (`FolderDataModule` with `val: null`), val_split.txt; the configuration also goes to the logger
+    (the W&B run config). No file ever overwrites another run's."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.already_saved:
@@ -38,9 +39,10 @@ class SaveConfig(SaveConfigCallback):
             folder.mkdir(parents=True, exist_ok=True)
             self.parser.save(self.config, str(fresh_path(folder, self.config_filename)), skip_none=False,
                              multifile=self.multifile)  # fmt: skip
-            names = getattr(trainer.datamodule, "labeled_names", None)
-            if stage == "fit" and names:
-                fresh_path(folder, "labeled_split.txt").write_text("\n".join(names) + "\n")
+            for attribute, filename in [("labeled_names", "labeled_split.txt"), ("val_names", "val_split.txt")]:
+                names = getattr(trainer.datamodule, attribute, None)
+                if stage == "fit" and names:
+                    fresh_path(folder, filename).write_text("\n".join(names) + "\n")
             for logger in trainer.loggers:
                 config = {k: v for k, v in self.config.clone().as_dict().items() if not k.startswith("_")}
                 logger.log_hyperparams(config)
@@ -125,10 +127,12 @@ class WandbMedia(pl.Callback):
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes predictions per image, mirroring <split>/<city>/ and keeping the file stem:
+    """Writes predictions per image at the original resolution, mirroring <split>/<city>/ and keeping the stem:
 
-    - `labelIds/<split>/<city>/<name>_labelIds.png`: dataset label ids (Cityscapes: what the test
-      server and csEvalPixelLevelSemanticLabeling read), at the original resolution;
+    - the dataset's own label files, `<label_folder>/<split>/<city>/<name><label_suffix>` (the data module's
+      `label_image`): Cityscapes `labelIds/.../<name>_labelIds.png` (label ids, what the test server and
+      csEvalPixelLevelSemanticLabeling read); VOC `SegmentationClass/<split>/<name>.png` (palette PNGs,
+      what the VOC evaluation server takes); a folder dataset's `masks/...` in its masks' format;
     - `trainIds/<split>/<city>/<name>_trainIds.png`: class indices;
     - `color/<split>/<city>/<name>_color.png`: the class colours blended over the image.
 
@@ -162,13 +166,14 @@ class PredictionWriter(BasePredictionWriter):
         for train_ids, image, name, city in zip(prediction.byte().cpu(), batch["image"], batch["name"],
                                                 batch["city"], strict=True):  # fmt: skip
             train_ids = train_ids.numpy()  # [H, W] at the original resolution
-            outputs = {"trainIds": train_ids}
-            if data.label_ids is not None:
-                outputs["labelIds"] = data.label_ids[train_ids]
             pixels = torch.nn.functional.interpolate(image[None].float(), size=train_ids.shape, mode="bilinear")[0]
             overlay = (1 - self.alpha) * denormalize(pixels) + self.alpha * colors[train_ids]
-            outputs["color"] = overlay.astype(np.uint8)
-            for kind, array in outputs.items():
-                path = self.output_dir / kind / split / city / f"{name}_{kind}.png"
+            outputs = {("trainIds", "_trainIds.png"): Image.fromarray(train_ids),
+                       ("color", "_color.png"): Image.fromarray(overlay.astype(np.uint8))}  # fmt: skip
+            label_image = data.label_image(train_ids) if hasattr(data, "label_image") else None
+            if label_image is not None:
+                outputs[(data.label_folder, data.label_suffix)] = label_image
+            for (kind, suffix), picture in outputs.items():
+                path = self.output_dir / kind / split / city / f"{name}{suffix}"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(array).save(path)
+                picture.save(path)

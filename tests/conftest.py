@@ -1,4 +1,4 @@
-"""Shared test helpers and fixtures: tiny datasets written into tmp dirs (Cityscapes and CamVid layouts),
+"""Shared test helpers and fixtures: tiny datasets written into tmp dirs (Cityscapes, CamVid, VOC and folder layouts),
 the CLI argument set the tests build on, small training helpers, and the check that the suite never
 writes into the working tree. Nothing comes from the network."""
 
@@ -76,6 +76,73 @@ def write_camvid(root: Path, counts: dict[str, int], size=(36, 48), seed=0) -> P
             name = f"0016E5_{index:05d}.png"
             Image.fromarray(image).save(root / split / name)
             Image.fromarray(labels.astype(np.uint8)).save(root / f"{split}annot" / name)
+    return root
+
+
+def voc_ids(height: int, width: int, offset: int = 0) -> np.ndarray:
+    """VOC class ids 0..20 and 255 (void) laid out by position: every one occurs in each image."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    ids = ((rows // 2 * width + cols + offset) % 22).astype(np.uint8)
+    ids[ids == 21] = 255
+    return ids
+
+
+def write_voc(root: Path, train: int = 4, val: int = 2, aug: int = 0, size=(40, 48), seed=0) -> Path:
+    """A tiny VOCdevkit/VOC2012: JPEG images, palette SegmentationClass PNGs, ImageSets lists; with `aug`
+    > 0 also SegmentationClassAug (single-channel, for the train and aug images) and train_aug.txt."""
+    from seg_gan.data.voc import VOC_PALETTE
+
+    rng = np.random.default_rng(seed)
+    voc = root / "VOCdevkit" / "VOC2012"
+    for folder in ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"] + ["SegmentationClassAug"] * bool(aug):
+        (voc / folder).mkdir(parents=True, exist_ok=True)
+    splits = {"train": [f"2007_{i:06d}" for i in range(train)], "val": [f"2008_{i:06d}" for i in range(val)],
+              "aug": [f"2009_{i:06d}" for i in range(aug)]}  # fmt: skip
+    for index, name in enumerate(splits["train"] + splits["val"] + splits["aug"]):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(voc / "JPEGImages" / f"{name}.jpg")
+        ids = voc_ids(*size, offset=index)
+        if not name.startswith("2009"):
+            palette = Image.fromarray(ids, "P")
+            palette.putpalette(VOC_PALETTE.ravel().tolist())
+            palette.save(voc / "SegmentationClass" / f"{name}.png")
+        if aug and not name.startswith("2008"):  # SBD-style labels: no void borders, other ids than VOC's
+            Image.fromarray(np.where(ids == 255, 0, 20 - ids % 21).astype(np.uint8)).save(
+                voc / "SegmentationClassAug" / f"{name}.png"
+            )
+    for split in ["train", "val"]:
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(splits[split]) + "\n")
+    if aug:
+        names = splits["train"] + splits["aug"]
+        (voc / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("\n".join(names) + "\n")
+    return root / "VOCdevkit"
+
+
+def write_folder(root: Path, counts: dict[str, int], size=(32, 40), classes: int = 3, fmt: str = "L",
+                 colors=None, void=255, mask_suffix=".png", image_ext=".jpg", seed=0) -> Path:  # fmt: skip
+    """A folder dataset: images/<split>/<stem><image_ext>, masks/<split>/<stem><mask_suffix>. Masks hold
+    class ids 0..classes-1 and `void` by position, as grayscale (L), palette (P) or colours (color)."""
+    rng = np.random.default_rng(seed)
+    for split, count in counts.items():
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            rows, cols = np.mgrid[0 : size[0], 0 : size[1]]
+            ids = ((rows // 4 + cols // 5 + index) % (classes + 1)).astype(np.uint8)
+            ids[ids == classes] = void
+            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+                root / "images" / split / f"img{index:03d}{image_ext}"
+            )
+            mask = root / "masks" / split / f"img{index:03d}{mask_suffix}"
+            if fmt == "color":
+                table = np.zeros((256, 3), np.uint8)
+                table[: len(colors)] = colors
+                Image.fromarray(table[ids]).save(mask)
+            elif fmt == "P":
+                image = Image.fromarray(ids, "P")
+                image.putpalette(np.random.default_rng(1).integers(0, 255, 768).tolist())
+                image.save(mask)
+            else:
+                Image.fromarray(ids).save(mask)
     return root
 
 

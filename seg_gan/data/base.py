@@ -16,11 +16,13 @@ import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import CombinedLoader
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from seg_gan.data.io import check_labelled, check_pairs, image_size, read_image, read_label
+from seg_gan.data.io import check_labelled, check_pairs, image_size, label_size, read_image, read_label
+from seg_gan.data.labels import describe_ids, unknown_ids
 from seg_gan.data.samplers import BatchSamplerLoader, SeededSampler, SizeGroupedBatchSampler, world
 from seg_gan.data.splits import choose_labeled
 from seg_gan.data.transforms import eval_transform, train_transform
@@ -47,15 +49,15 @@ class SegmentationDataset(Dataset):
     """Decodes a sample, maps label ids to train ids through `lookup`, applies the joint transform.
 
     `lookup` is a uint8 numpy table of 256 entries: lookup[label id] = train id or IGNORE_INDEX.
-    `known` (bool numpy, 256) marks the ids the dataset defines; others become void, with a warning.
+    `known` (bool numpy, 256) marks the ids the dataset defines; others become void, with a warning, or
+    are refused (UserError naming the file, ids and pixel counts) with `refuse_unknown`. `read` decodes
+    a label file to uint8 [H, W] ids (`read_label`; a `ColorLabels` for colour masks).
     """
 
-    def __init__(self, samples: list[Sample], lookup: np.ndarray, known: np.ndarray, transform: v2.Transform):
-        self.samples = samples
-        self.lookup = lookup
-        self.known = known
-        self.unknown = ~known
-        self.transform = transform
+    def __init__(self, samples: list[Sample], lookup: np.ndarray, known: np.ndarray, transform: v2.Transform,
+                 read=read_label, refuse_unknown: bool = False):  # fmt: skip
+        self.samples, self.lookup, self.known, self.unknown = samples, lookup, known, ~known
+        self.transform, self.read, self.refuse_unknown = transform, read, refuse_unknown
         self._sizes: list[tuple[int, int]] | None = None
 
     def __len__(self) -> int:
@@ -76,15 +78,16 @@ class SegmentationDataset(Dataset):
         if labels is None:  # unlabeled image: an all-void mask keeps one item format
             mask = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.uint8)
         else:
-            ids = read_label(labels)  # [H, W] uint8 label ids
+            ids = self.read(labels)  # [H, W] uint8 label ids
             # np.take with the uint8 ids as indices: half the time of bincount + fancy indexing on 2 MP frames
             unknown = int(np.count_nonzero(np.take(self.unknown, ids)))
+            if unknown and self.refuse_unknown:  # a folder dataset's class list, typed by the user: refuse
+                found = describe_ids(unknown_ids(ids, self.known))
+                raise UserError(f"{labels} holds class ids beyond the class list: {found}; expected only the "
+                                "dataset's class ids and its void index.")  # fmt: skip
             if unknown:
-                warnings.warn(
-                    f"{sample.label}: {unknown} pixels have label ids outside the dataset's table; "
-                    "they are treated as void (ignored).",
-                    stacklevel=2,
-                )
+                warnings.warn(f"{labels}: {unknown} pixels have label ids outside the dataset's table; they are "
+                              "treated as void (ignored).", stacklevel=2)  # fmt: skip
             mask = torch.from_numpy(np.take(self.lookup, ids))  # [H, W] uint8 train ids
         if augment_seed is None:
             image, mask = self.transform(image, tv_tensors.Mask(mask))
@@ -103,7 +106,8 @@ class SegmentationDataModule(pl.LightningDataModule):
     """Shared loaders and augmentation; subclasses list the files (`find_samples`) and the classes.
 
     Subclasses set `root`, `class_names`, `class_colors`, `lookup`, `known`, `default_crop_size`
-    and implement `find_samples`.
+    and implement `find_samples`; `label_reader`/`label_header` (colour masks), `refuse_unknown` and
+    `label_image` (predictions in the dataset's own format) where they differ from the defaults.
 
     Args:
         batch_size: training batch size.
@@ -137,6 +141,9 @@ class SegmentationDataModule(pl.LightningDataModule):
     class_colors: list[tuple[int, int, int]]
     label_ids: np.ndarray | None = None  # train id -> dataset label id, where they differ (Cityscapes)
     ignore_index = IGNORE_INDEX
+    label_reader, label_header = staticmethod(read_label), staticmethod(label_size)  # label file -> ids / size
+    refuse_unknown = False  # label ids outside the table: warn and void (False) or refuse (True)
+    label_folder, label_suffix = "labelIds", "_labelIds.png"  # where predict writes `label_image`
 
     def __init__(
         self,
@@ -193,8 +200,13 @@ class SegmentationDataModule(pl.LightningDataModule):
     def samples(self, split: str) -> list[Sample]:
         """The split's samples, checked (non-empty, labels present, matching sizes)."""
         samples = self.find_samples(split)
-        check_pairs(samples, f"split {split!r} of {self.root}")
+        check_pairs(samples, f"split {split!r} of {self.root}", self.label_header)
         return samples
+
+    def label_image(self, train_ids: np.ndarray) -> Image.Image | None:
+        """A prediction (uint8 [H, W] train ids) in the dataset's own label format (Cityscapes: label ids),
+        written by `predict` as <label_folder>/<split>/<city>/<name><label_suffix>; None: no such format."""
+        return None if self.label_ids is None else Image.fromarray(self.label_ids[train_ids])
 
     def check_crop(self, samples: list[Sample]) -> None:
         height, width = image_size(samples[0].image)
@@ -208,17 +220,15 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def dataset(self, samples: list[Sample], train: bool) -> SegmentationDataset:
         if train:
-            transform = train_transform(
-                self.crop_size, self.scale_range, self.hflip, self.color_jitter, self.ignore_index
-            )
+            transform = train_transform(self.crop_size, self.scale_range, self.hflip, self.color_jitter, IGNORE_INDEX)
         else:
             transform = eval_transform(self.eval_size)
-        return SegmentationDataset(samples, self.lookup, self.known, transform)
+        return SegmentationDataset(samples, self.lookup, self.known, transform, self.label_reader, self.refuse_unknown)
 
     def _labelled_set(self, samples: list[Sample], split: str, train: bool) -> SegmentationDataset:
         """The dataset of `samples`, refused (UserError) if none of its label files holds a class pixel."""
         where = f"split {split!r} of {self.root}" + (" (its labeled images)" if train else "")
-        check_labelled(samples, self.lookup, IGNORE_INDEX, where)
+        check_labelled(samples, self.lookup, IGNORE_INDEX, where, self.label_reader)
         return self.dataset(samples, train)
 
     def setup(self, stage: str) -> None:

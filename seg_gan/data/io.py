@@ -10,13 +10,16 @@ PASCAL VOC style: the index is the id, the palette colour is ignored), 1, 2 and 
 stored value is the id, not PIL's brightness scaled to 0..255) and 16-bit grayscale whose values all
 fit 0..255. Colour or multi-channel label files and JPEG labels are refused.
 
+Colour masks (one colour per class, e.g. a folder dataset's `mask_format: color`): lossless PNG decoded to
+RGB like images (`read_color_label`); their colours become class ids in `seg_gan.data.labels.ColorLabels`.
+
 Every refusal is a `UserError` naming the file and what was expected. Header checks read only the
 header (`Image.open` is lazy), so `check_pairs` costs a few hundred bytes per file.
 """
 
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -106,6 +109,27 @@ def label_size(path: Path) -> tuple[int, int]:
     return height, width
 
 
+def _check_color_label(image: Image.Image, path: Path) -> None:
+    if IMAGE_FORMATS.get(image.format) == "JPEG":
+        raise UserError(
+            f"{path} is a JPEG colour mask; expected a PNG colour mask (one colour per class). JPEG compression "
+            "is lossy: it changes the colours along every boundary."
+        )
+    _check_image(image, path)
+
+
+def color_label_size(path: Path) -> tuple[int, int]:
+    """(height, width) of a colour mask from its header, nothing decoded.
+
+    Raises:
+        UserError: not a PNG file (JPEG included), or a mode `read_color_label` refuses (16-bit grayscale).
+    """
+    with _open(path) as image:
+        _check_color_label(image, path)
+        width, height = image.size
+    return height, width
+
+
 def _decode_failed(path: Path, error: BaseException) -> UserError:
     return UserError(f"{path} could not be decoded as an image ({error}); the file may be truncated or corrupted.")
 
@@ -117,16 +141,29 @@ def read_image(path: Path) -> torch.Tensor:
     Raises:
         UserError: not a PNG/JPEG file, a refused mode (16-bit grayscale), or a truncated/corrupt file.
     """
+    return torch.from_numpy(_read_rgb(path, _check_image)).permute(2, 0, 1)
+
+
+def read_color_label(path: Path) -> np.ndarray:
+    """Decode a colour mask to uint8 numpy [H, W, 3], as `np.asarray(Image.open(path).convert("RGB"))`
+    (palette masks give their palette colours, RGBA drops alpha).
+
+    Raises:
+        UserError: not a PNG (JPEG colour masks are lossy), 16-bit grayscale, or a truncated/corrupt file.
+    """
+    return _read_rgb(path, _check_color_label)
+
+
+def _read_rgb(path: Path, check) -> np.ndarray:
     with _open(path) as image:
-        _check_image(image, path)
+        check(image, path)
         try:
             with warnings.catch_warnings():  # PIL warns about palette transparency, which RGB drops anyway
                 warnings.simplefilter("ignore", UserWarning)
                 rgb = image if image.mode == "RGB" else image.convert("RGB")
-                pixels = np.array(rgb)  # [H, W, 3] uint8; decodes here
+                return np.array(rgb)  # [H, W, 3] uint8; decodes here
         except DECODE_ERRORS as error:
             raise _decode_failed(path, error) from None
-    return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
 def _png_bit_depth(path: Path) -> int:
@@ -168,9 +205,12 @@ def read_label(path: Path) -> np.ndarray:
     return values.astype(np.uint8)  # mode 1: bool -> 0/1; P: the indices as they are
 
 
-def check_pairs(samples: Sequence[_Paired], where: str) -> None:
+def check_pairs(
+    samples: Sequence[_Paired], where: str, label_header: Callable[[Path], tuple[int, int]] = label_size
+) -> None:
     """Fail early, reading headers only: no images, a missing label, an unreadable or refused image or
-    label file (see `image_size`, `label_size`), or an image and label of different sizes.
+    label file (see `image_size`, `label_size`; `label_header` is `color_label_size` for colour masks), or
+    an image and label of different sizes.
 
     Raises:
         UserError: naming `where` (empty split) or the file, and what was expected.
@@ -183,7 +223,7 @@ def check_pairs(samples: Sequence[_Paired], where: str) -> None:
             continue
         if not sample.label.is_file():
             raise UserError(f"{sample.image} has no label file: expected {sample.label}.")
-        label_height, label_width = label_size(sample.label)
+        label_height, label_width = label_header(sample.label)
         if (height, width) != (label_height, label_width):
             raise UserError(
                 f"{sample.image} is {height}x{width} but its label {sample.label} "
@@ -191,7 +231,13 @@ def check_pairs(samples: Sequence[_Paired], where: str) -> None:
             )
 
 
-def check_labelled(samples: Sequence[_Paired], lookup: np.ndarray, ignore_index: int, where: str) -> None:
+def check_labelled(
+    samples: Sequence[_Paired],
+    lookup: np.ndarray,
+    ignore_index: int,
+    where: str,
+    read: Callable[[Path], np.ndarray] = read_label,
+) -> None:
     """Refuse a split in which no label file holds a single pixel of a class: nothing could be learned
     or measured from it. Reads label files in order and stops at the first with such a pixel, so a
     normal dataset costs one file.
@@ -201,13 +247,14 @@ def check_labelled(samples: Sequence[_Paired], lookup: np.ndarray, ignore_index:
         lookup: uint8 [256] label id -> train id, `ignore_index` for void.
         ignore_index: the void train id.
         where: the split, for the message.
+        read: label file -> uint8 [H, W] ids (`read_label`, or a `ColorLabels` for colour masks).
 
     Raises:
         UserError: naming `where`, the label files checked and what was expected.
     """
     labels = [sample.label for sample in samples if sample.label is not None]
     for label in labels:
-        if (lookup[read_label(label)] != ignore_index).any():
+        if (lookup[read(label)] != ignore_index).any():
             return
     shown = ", ".join(str(label) for label in labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
     raise UserError(

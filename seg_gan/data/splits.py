@@ -1,9 +1,29 @@
-"""Labeled subsets for semi-supervised training: drawn once with a seed, identical everywhere."""
+"""Labeled subsets for semi-supervised training: drawn once with a seed, identical everywhere; and the
+list files that name images (split lists, labeled lists) in the formats reference codebases publish."""
 
 import random
 from pathlib import Path
 
 from seg_gan.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def read_names(path: Path) -> list[str]:
+    """The image names a list file gives, in its order: per non-empty line, the first whitespace-separated
+    field, without folders and without an image extension (.jpg, .jpeg, .png).
+
+    So every common layout reads the same: plain stems (VOC `ImageSets/Segmentation/train.txt`,
+    AdvSemiSeg's `voc_list/train_aug.txt`: `2007_000032`), image and label paths (DeepLab-ResNet's
+    `/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png`, UniMatch's
+    `splits/pascal/92/labeled.txt`: `JPEGImages/2007_000032.jpg SegmentationClass/2007_000032.png`).
+    """
+    names = []
+    for line in Path(path).read_text().splitlines():
+        if line.split():
+            name = line.split()[0].replace("\\", "/").rsplit("/", 1)[-1]
+            names.append(name[: -len(ext)] if (ext := Path(name).suffix).lower() in IMAGE_EXTENSIONS else name)
+    return names
 
 
 def choose_labeled(
@@ -11,15 +31,15 @@ def choose_labeled(
 ) -> list[str]:
     """Names of the labeled training images, sorted.
 
-    With `labeled_list` (a text file, one image name per line) that list is used as it is; otherwise
-    round(fraction * N) names are drawn from the sorted names with `random.Random(seed)`, which gives
+    With `labeled_list` (a text file, one image name per line, read by `read_names`) that list is used as
+    it is; otherwise round(fraction * N) names are drawn from the sorted names with `random.Random(seed)`, which gives
     the same subset for the same names and seed on any machine and Python version.
     """
     if labeled_list is not None:
         path = Path(labeled_list)
         if not path.is_file():
             raise UserError(f"data.labeled_list: {labeled_list!r} is not a file. Expected a text file of image names.")
-        chosen = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        chosen = read_names(path)
         unknown = sorted(set(chosen) - set(names))
         if unknown:
             raise UserError(
