@@ -6,7 +6,6 @@ A dataset is a list of `Sample`s (image path, label path or None, name, city). I
 `hidden_mask` [H, W] (their `mask` is all void), read only to measure pseudo-labels, never trained on.
 """
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from torchvision.transforms import v2
 
 from seg_gan.data.io import check_labelled, check_pairs, image_size, label_size, read_image, read_label
 from seg_gan.data.labels import describe_ids, unknown_ids
-from seg_gan.data.samplers import BatchSamplerLoader, SeededSampler, SizeGroupedBatchSampler, world
+from seg_gan.data.samplers import BatchSamplerLoader, SeededSampler, SizeGroupedBatchSampler, run_seed, world
 from seg_gan.data.splits import choose_labeled
 from seg_gan.data.transforms import eval_transform, train_transform
 from seg_gan.errors import UserError
@@ -38,11 +37,6 @@ class Sample:
     name: str
     city: str
     hidden: Path | None = None  # an unlabeled image's label file: decoded for diagnostics, never trained on
-
-
-def run_seed() -> int:
-    """The run's seed: Lightning's seed_everything value, else torch's initial seed."""
-    return int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
 
 
 class SegmentationDataset(Dataset):

@@ -2,6 +2,7 @@
 (`SizeGroupedBatchSampler`, `BatchSamplerLoader`), both correct under DDP."""
 
 import math
+import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
@@ -120,3 +121,8 @@ class BatchSamplerLoader(DataLoader):
     @sampler.setter
     def sampler(self, value: Sampler) -> None:
         pass  # DataLoader.__init__ assigns its unused default sampler here
+
+
+def run_seed() -> int:
+    """The run's seed: Lightning's seed_everything value, else torch's initial seed."""
+    return int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
