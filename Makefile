@@ -2,7 +2,7 @@
 PYTHON ?= python
 CAMVID ?=
 
-.PHONY: help install test test-fast lint format train debug bench-data bench-step bench-inference bench-gpu bench-semi bench-semi-table clean
+.PHONY: help install test test-fast lint format train debug bench-data bench-step bench-inference bench-gpu bench-gpu-session bench-semi bench-semi-table clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -39,8 +39,11 @@ bench-step:  ## training-step benchmark (seg_gan vs bare loop, adversary cost in
 bench-inference:  ## inference benchmark (whole image vs sliding window at full resolution)
 	$(PYTHON) -m seg_gan.bench inference
 
-bench-gpu:  ## GPU training step: fp32, bf16, channels_last, cudnn.benchmark, torch.compile (needs CUDA)
+bench-gpu:  ## GPU training step: variants, repeats, TFLOP/s and MFU against the measured matmul (needs CUDA)
 	$(PYTHON) -m seg_gan.bench gpu
+
+bench-gpu-session:  ## every GPU measurement of issue 18 in one call (~8 min on an H100), results in bench_results/
+	bash seg_gan/bench/gpu_session.sh
 
 bench-semi:  ## the CamVid semi-supervised grid: make bench-semi CAMVID=/path/to/CamVid (experiments extra)
 	@test -n "$(CAMVID)" || (echo "error: give the CamVid folder: make bench-semi CAMVID=/path/to/CamVid" >&2; exit 2)

@@ -46,6 +46,7 @@ from seg_gan.metrics import SegmentationMetrics
 from seg_gan.models import build_discriminator, build_generator
 from seg_gan.models.discriminators import DiscriminatorName
 from seg_gan.models.generator import Arch
+from seg_gan.speed import build_optimizer, compile_for_training, warn_if_slow_cpu_precision
 
 
 @dataclass
@@ -104,8 +105,8 @@ class SegGAN(SegmentationModule):
         gradient_clip_val: clip G's and D's gradient norm to this value (null = off).
         channels_last: run G and D in the channels_last memory format (faster convolutions on
             recent GPUs and some CPUs).
-        compile_models: torch.compile G and D (in place: checkpoint keys do not change). Measured slower
-            than eager on an H100 (seg_gan/bench/README.md, gpu), so off by default.
+        compile_models: torch.compile G's and D's training calls, static shapes, all compiled in the first
+            batches; evaluation runs eagerly (seg_gan.speed.compile_for_training; checkpoint keys do not change).
         inference: validation/test/predict on the 'whole' image, or a sliding window ('slide') for
             models trained on crops.
         window: sliding window (height, width).
@@ -185,8 +186,8 @@ class SegGAN(SegmentationModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         for network in filter(None, [self.generator, self.discriminator, self.teacher]):
             network.to(memory_format=self.memory_format)
-            if compile_models:  # nn.Module.compile wraps the call only: parameters and state_dict keys stay
-                network.compile()
+            if compile_models:  # replaces the call only: parameters and state_dict keys stay
+                compile_for_training(network)
         names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.val_metrics = SegmentationMetrics(names, ignore_index)  # evaluation: confusion matrix -> scores
         self.test_metrics = SegmentationMetrics(names, ignore_index)
@@ -247,7 +248,7 @@ class SegGAN(SegmentationModule):
                 loss_d = discriminator_loss(*flipped, hp.adversarial_loss, real_weight, fake_weight)
                 health = discriminator_accuracy(real_logits, fake_logits, real_weight, fake_weight)
             self.update(d_opt, loss_d, self.discriminator, "d")
-        self.guard.watch_discriminator(float(health["d_accuracy"]))
+        self.guard.watch_discriminator(health["d_accuracy"])  # on the device: no host-device synchronisation
         # loss_d / 2 = (real + fake) / 2: the scale Hung et al.'s code prints (0.2-0.5 called healthy there)
         self.log_dict({"train/loss_d": loss_d.detach(), "train/loss_d_hung_scale": loss_d.detach() / 2,
                        **{f"train/{k}": v for k, v in health.items()}})  # fmt: skip
@@ -270,23 +271,25 @@ class SegGAN(SegmentationModule):
             self.update(g_opt, loss_g, self.generator, "g")
         if self.teacher is not None:
             semi.ema_update(self.teacher, self.generator, self.hparams.ema_decay)
-        self.guard.count_void_batch(bool((out.target == self.hparams.ignore_index).all()))
+        self.guard.count_void_batch((out.target == self.hparams.ignore_index).all())
         self.log_dict({name: loss.detach() for name, (_, loss) in terms.items()})
-        self.log_dict({"train/loss_g": loss_g.detach(), "train/void_batches": float(self.guard.void_batches)})
+        self.log_dict({"train/loss_g": loss_g.detach(), "train/void_batches": self.guard.void_batches})
 
     def update(self, optimizer, loss: torch.Tensor, network: nn.Module, which: str) -> None:
-        """Backward, clip, step; a non-finite loss skips the step (on every process alike)."""
-        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+        """Backward, clip, step; a non-finite loss skips the step on every process alike (`StabilityGuard.skip`)."""
         batch = self.trainer.fit_loop.epoch_loop.total_batch_idx
-        if self.guard.allow_step(which, finite, batch):
+        if not self.guard.skip(which, loss, batch, self.trainer.strategy, optimizer.optimizer):
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             grads = [p.grad for p in network.parameters() if p.grad is not None]
-            self.log(f"train/grad_norm_{which}", torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+            self.log(f"train/grad_norm_{which}", torch.nn.utils.get_total_norm(grads))  # NaN on a device-side skip
             if self.hparams.gradient_clip_val is not None:
                 self.clip_gradients(optimizer, self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
             optimizer.step()
-        self.log("train/skipped_steps", float(self.guard.skipped_steps))
+        self.log("train/skipped_steps", self.guard.skipped_steps)
+
+    def on_train_epoch_end(self) -> None:
+        self.guard.check()  # the stop rule and the collapse warning, when they are read every N batches
 
     def noisy(self, maps: torch.Tensor) -> torch.Tensor:
         """Instance noise on D's inputs (training only)."""
@@ -297,10 +300,11 @@ class SegGAN(SegmentationModule):
         hparams = self.hparams
         g_class = {"sgd": partial(torch.optim.SGD, momentum=hparams.g_momentum), "adam": torch.optim.Adam,
                    "adamw": torch.optim.AdamW}[hparams.g_optimizer]  # fmt: skip
-        optimizers = [g_class(self.generator.parameters(), lr=hparams.g_lr, weight_decay=hparams.g_weight_decay)]
-        if self.discriminator is not None:
-            betas = tuple(hparams.d_betas)
-            optimizers.append(torch.optim.Adam(self.discriminator.parameters(), lr=hparams.d_lr, betas=betas))
+        optimizers = [build_optimizer(g_class, self.generator.parameters(), self.device, lr=hparams.g_lr,
+                                      weight_decay=hparams.g_weight_decay)]  # fmt: skip
+        if self.discriminator is not None:  # fused where torch has the kernels (seg_gan.speed)
+            optimizers.append(build_optimizer(torch.optim.Adam, self.discriminator.parameters(), self.device,
+                                              lr=hparams.d_lr, betas=tuple(hparams.d_betas)))  # fmt: skip
         total = self.total_batches()  # poly decay per batch; inf (no end set) keeps the rate constant
         poly = lambda batch: (1 - min(batch, total) / total) ** hparams.poly_power  # noqa: E731
         return optimizers, [torch.optim.lr_scheduler.LambdaLR(optimizer, poly) for optimizer in optimizers]
@@ -315,6 +319,7 @@ class SegGAN(SegmentationModule):
 
     def setup(self, stage: str) -> None:
         prepare_strategy(self.trainer.strategy)  # DDP however it was chosen; other parallel strategies refused
+        warn_if_slow_cpu_precision(self.trainer.strategy)  # bf16 asked of a CPU that emulates it
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         try:

@@ -1,9 +1,11 @@
 """The benchmarks' code paths on the CPU, and the semi-supervised study's bookkeeping."""
 
 import json
+import re
 
 import numpy as np
 import pytest
+import torch
 from conftest import REPO
 from PIL import Image
 
@@ -11,8 +13,6 @@ from seg_gan.errors import UserError
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["gpu", "--crop", "64", "64", "--encoder", "resnet18", "--steps", "1", "--warmup", "1", "--batch", "1",
-      "--variants", "fp32", "bf16+channels_last, supervised (no D)"], "| bf16+channels_last, supervised (no D) |"),
     (["step", "--sizes", "64x64", "--steps", "1", "--warmup", "1", "--batch", "1"], "FLOPs adv/sup"),
     (["inference", "--size", "64", "128", "--images", "1", "--window", "64", "64", "--stride", "32", "32"], "slide"),
 ])  # fmt: skip
@@ -21,6 +21,40 @@ def test_benchmark_code_paths_run_on_cpu(capsys, args, expected):
 
     bench([*args, "--device", "cpu"])
     assert expected in capsys.readouterr().out
+
+
+def test_gpu_benchmark_runs_on_cpu_and_writes_each_run_as_it_ends(capsys, tmp_path):
+    from seg_gan.bench.__main__ import main as bench
+
+    variants = ["bf16+channels_last, supervised (no D)", "bf16+channels_last, Cityscapes loader"]
+    bench(["gpu", "--device", "cpu", "--crop", "64", "64", "--encoder", "resnet18", "--steps", "1", "--warmup", "1",
+           "--batch", "1", "--repeats", "2", "--matmul-size", "64", "--conv-shape", "1", "8", "16", "16",
+           "--limit-seconds", "0.05", "--frames", "1", "--frame-size", "96", "128", "--workers", "0",
+           "--out", str(tmp_path), "--variants", *variants])  # fmt: skip
+    printed = capsys.readouterr().out
+    runs = [json.loads(path.read_text()) for path in sorted((tmp_path / "runs").glob("*.json"))]
+    assert sorted((run["variant"], run["run"]) for run in runs) == sorted((v, r) for v in variants for r in (1, 2))
+    assert all(run["images_per_s"] > 0 and run["compiles_while_timed"] == 0 for run in runs)
+    limits = json.loads((tmp_path / "limits.json").read_text())
+    assert limits["limits"]["matmul_tflops"] > 0 and limits["environment"]["torch"] == torch.__version__
+    flops = limits["flops_per_image"]  # the adversarial step counts D's passes on top of the supervised step's
+    assert float(flops["0.01"]) > float(flops["0.0"]) > 0
+    table = (tmp_path / "table.md").read_text()
+    assert table.strip() in printed
+    for variant in variants:  # median and range over the 2 runs, TFLOP/s, MFU
+        assert re.search(rf"\| {re.escape(variant)} \| [\d.]+ \| [\d.]+-[\d.]+ \| [\d.e-]+ \| [\d.]+% \|", table)
+    assert "loader-fed / in-memory" not in table  # its in-memory twin did not run
+    assert "adversarial / supervised" not in table
+
+
+def test_data_benchmark_names_the_worker_count_that_reaches_the_step_rate(capsys):
+    from seg_gan.bench.__main__ import main as bench
+
+    bench(["data", "--frames", "2", "--frame-size", "96", "128", "--crop", "64", "64", "--images", "8", "--batch", "2",
+           "--workers", "0", "1", "--repeats", "1", "--target-images-per-s", "1e6"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "training loader, batch 2, 0 workers" in printed and "training loader, batch 2, 1 workers" in printed
+    assert re.search(r"no measured worker count reaches 1000000.0 images/s; .* about \d+ workers", printed)
 
 
 def test_semi_benchmark_scales_camvid_once(camvid_root, tmp_path):

@@ -5,12 +5,20 @@ temporary folder (synthetic scenes at 1024x2048). Each row decodes the image and
 bare PIL, and with `seg_gan.data.io` (PIL plus the mode checks and the label-id handling, what the
 pipeline uses). The rows take turns, one pass over the frames each, `--repeats` times, and each row
 reports its fastest pass: on a shared machine a burst of other work then slows one pass, not a whole row.
+
+Then the training loader itself (DataLoader of training batches, pinned memory where CUDA is, as
+`configs/cityscapes.yaml` sets it) with each of `--workers`, in steady state (from its first batch on, so worker
+start-up is left out), and the smallest worker count that reaches `--target-images-per-s`, the rate of the GPU
+step it has to feed (default: the H100 figure of seg_gan/bench/README.md).
 """
 
 import argparse
+import math
+import os
 import platform
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +27,24 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from seg_gan.data.cityscapes import CityscapesDataModule
-from seg_gan.data.io import read_image, read_label
+from seg_gan.data.io import image_size, read_image, read_label
 from seg_gan.data.synthetic import write_synthetic_cityscapes
+
+H100_STEP = 64.58  # images/s, Unet-ResNet50 + FCN D, batch 8, 512x1024, bf16 + channels_last (bench README, gpu)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", help="Cityscapes-layout folder to read (default: draw synthetic frames)")
     parser.add_argument("--frames", type=int, default=16, help="frames to draw when --root is not given")
     parser.add_argument("--repeats", type=int, default=5, help="passes over the frames per row (the fastest counts)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the loader row")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="DataLoader worker counts to measure")
+    parser.add_argument("--frame-size", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"))
+    parser.add_argument("--crop", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=8, help="training batch size of the loader rows")
+    parser.add_argument("--images", type=int, default=96, help="images per loader pass (the frames are repeated)")
+    parser.add_argument("--target-images-per-s", type=float, default=H100_STEP,
+                        help="the GPU step's images/s the loader must reach (default: %(default)s, the H100 "
+                             "bf16+channels_last step of seg_gan/bench/README.md)")  # fmt: skip
 
 
 def rate(function, items: list) -> float:
@@ -40,11 +57,26 @@ def rate(function, items: list) -> float:
 
 
 def loader_rate(loader: DataLoader) -> float:
-    """Items per second of one pass over `loader` (worker start-up included)."""
-    start = time.perf_counter()
-    for _batch in loader:
-        pass
-    return len(loader.dataset) / (time.perf_counter() - start)
+    """Images per second of one pass over `loader` after its first batch (worker start-up left out)."""
+    batches = iter(loader)
+    next(batches)
+    start, images = time.perf_counter(), 0
+    for batch in batches:
+        images += len(batch["image"])
+    return images / (time.perf_counter() - start)
+
+
+def workers_needed(rates: dict[int, float], target: float) -> str:
+    """Which measured worker count first reaches `target` images/s, or an extrapolation from the best
+    per-worker rate when none does."""
+    for workers, rate in sorted(rates.items()):
+        if rate >= target:
+            return f"{workers} workers reach {target:.1f} images/s ({rate:.1f})"
+    per_worker = max(rate / max(workers, 1) for workers, rate in rates.items())  # 0 workers: the main process
+    return (
+        f"no measured worker count reaches {target:.1f} images/s; at the best per-worker rate measured "
+        f"({per_worker:.1f}) it takes about {math.ceil(target / per_worker)} workers, given as many free cores"
+    )
 
 
 def run(options: argparse.Namespace) -> None:
@@ -52,8 +84,8 @@ def run(options: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(options.root) if options.root else Path(tmp) / "frames"
         if not options.root:
-            write_synthetic_cityscapes(root, (1024, 2048), {"train": options.frames}, seed=0)
-        data = CityscapesDataModule(str(root), num_workers=0, crop_size=(512, 1024), scale_range=(0.5, 2.0))
+            write_synthetic_cityscapes(root, tuple(options.frame_size), {"train": options.frames}, seed=0)
+        data = CityscapesDataModule(str(root), num_workers=0, crop_size=tuple(options.crop), scale_range=(0.5, 2.0))
         dataset = data.dataset(data.samples("train"), train=True)
         samples = dataset.samples
         indices = list(range(len(dataset)))
@@ -66,25 +98,31 @@ def run(options: argparse.Namespace) -> None:
             read_image(sample.image)
             read_label(sample.label)
 
-        loader = DataLoader(dataset, batch_size=1, num_workers=options.workers, shuffle=False)
+        repeated = data.dataset((samples * -(-options.images // len(samples)))[: options.images], train=True)
         measurements = {
             "PNG decode only, bare PIL (image + label)": lambda: rate(decode_pil, samples),
             "PNG decode only, seg_gan.data.io (used; image + label)": lambda: rate(decode_used, samples),
             "training pipeline, 1 worker (decode + map + scale/crop/flip + normalise)":
                 lambda: rate(dataset.__getitem__, indices),
-            f"DataLoader, {options.workers} workers": lambda: loader_rate(loader),
         }  # fmt: skip
+        for workers in options.workers:
+            loader = DataLoader(repeated, batch_size=options.batch, num_workers=workers, drop_last=True,
+                                pin_memory=torch.cuda.is_available())  # fmt: skip
+            measurements[f"training loader, batch {options.batch}, {workers} workers"] = partial(loader_rate, loader)
         best = dict.fromkeys(measurements, 0.0)
         for _ in range(options.repeats):  # the rows take turns; each keeps its fastest pass
             for name, measure in measurements.items():
                 best[name] = max(best[name], measure())
         rows = list(best.items())
+        height, width = image_size(samples[0].image)
 
     print(
-        f"\nData loading on {len(samples)} frames of 1024x2048 ({platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch thread per worker)"
+        f"\nData loading on {len(samples)} frames of {height}x{width} ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch thread per worker, {os.cpu_count()} cores)"
     )
     print(f"{'measurement':<78}{'images/s':>10}")
     for name, value in rows:
         print(f"{name:<78}{value:>10.2f}")
     print(f"pipeline / decode-only rate of the decoder it uses: {rows[2][1] / rows[1][1]:.2f} (target >= 0.80)")
+    print(workers_needed(dict(zip(options.workers, [rate for _, rate in rows[3:]], strict=True)),
+                         options.target_images_per_s))  # fmt: skip

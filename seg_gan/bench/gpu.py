@@ -1,42 +1,98 @@
-"""GPU training speed: images/s and peak memory of the GAN training step under each speed option.
+"""GPU training speed against the device's own limit: images/s, TFLOP/s and MFU of the real training step.
 
-Runs the real SegGAN training step through a Lightning Trainer (manual optimisation, D and G steps)
-on random in-memory batches at 512x1024 crops, so only the model and the step are measured. Variants,
-one switch apart: fp32 -> bf16 autocast -> channels_last -> cudnn.benchmark off -> torch.compile, and
-the supervised step (no D) for the cost of the adversary.
-Needs a CUDA device (`--device cpu` with small sizes only checks that it runs).
+Runs SegGAN's real training step through a Lightning Trainer (manual optimisation, D and G steps) in variants
+one switch apart (precision, channels_last, torch.compile, cudnn.benchmark, fused optimizers, where the
+non-finite-loss skip is decided, the supervised step, and the Cityscapes loader instead of in-memory batches).
+In the same call it measures a large bf16 matmul and a large bf16 convolution on the device, counts the FLOPs of
+one training batch with FlopCounterMode (`seg_gan.bench.limits.step_flops`), and reports per variant the median
+and range of images/s over `--repeats` runs (the variants take turns, so drifts hit all alike), the step's
+TFLOP/s and its fraction of the measured matmul TFLOP/s (MFU). With `--out DIR` every run, the limits and the
+table are written as they finish. `--device cpu` with small sizes checks that all of it runs.
 """
 
 import argparse
+import json
+import statistics
+import tempfile
 import time
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from torch._dynamo.utils import counters
 from torch.utils.data import DataLoader, Dataset
 
+from seg_gan.bench.limits import conv_tflops, environment, matmul_tflops, step_flops
+from seg_gan.data.cityscapes import CityscapesDataModule
+from seg_gan.data.synthetic import write_synthetic_cityscapes
 from seg_gan.module import SegGAN
+
+
+@dataclass(frozen=True)
+class Variant:
+    precision: str = "bf16-mixed"
+    channels_last: bool = True
+    compile: str | None = None  # "training": model.compile_models (seg_gan.speed); "module": nn.Module.compile
+    lambda_adv: float = 0.01  # 0 = the supervised step (no D)
+    cudnn_benchmark: bool = False  # PyTorch's default, and the configs'
+    fused: bool = True  # fused optimizers (seg_gan.speed.build_optimizer); False = torch's default, as before
+    host_checked: bool = False  # the non-finite-loss skip decided by the host every step (a sync), as before
+    loader: bool = False  # the Cityscapes data module's loader instead of in-memory batches
+
+
+BEST = Variant()
+VARIANTS = {
+    "fp32": Variant(precision="32-true", channels_last=False),
+    "bf16": Variant(channels_last=False),
+    "bf16+channels_last": BEST,
+    "bf16+channels_last, cudnn.benchmark": replace(BEST, cudnn_benchmark=True),
+    "bf16+channels_last, host-checked skips": replace(BEST, host_checked=True),
+    "bf16+channels_last, unfused optimizers, host-checked skips": replace(BEST, fused=False, host_checked=True),
+    "bf16+channels_last+compile": replace(BEST, compile="training"),
+    "bf16+channels_last+compile as before (nn.Module.compile)": replace(BEST, compile="module"),
+    "bf16+channels_last, supervised (no D)": replace(BEST, lambda_adv=0.0),
+    "bf16+channels_last+compile, supervised (no D)": replace(BEST, compile="training", lambda_adv=0.0),
+    "bf16+channels_last, Cityscapes loader": replace(BEST, loader=True),
+    "bf16+channels_last+compile, Cityscapes loader": replace(BEST, compile="training", loader=True),
+}
+# (variant, baseline, what the ratio says) printed under the table when both ran
+SUP, CL = ", supervised (no D)", "bf16+channels_last"
+RATIOS = [
+    (CL + "+compile", CL, "compile on / off (target >= 1.2)"),
+    (CL + "+compile" + SUP, CL + SUP, "compile on / off, supervised"),
+    (CL + "+compile", CL + "+compile as before (nn.Module.compile)", "compile now / as before"),
+    (CL, CL + ", unfused optimizers, host-checked skips", "fused optimizers and device-side skips / before"),
+    (CL, CL + ", host-checked skips", "device-side / host-checked skips"),
+    (CL + ", Cityscapes loader", CL, "loader-fed / in-memory (target >= 0.9)"),
+    (CL + "+compile, Cityscapes loader", CL + "+compile", "loader-fed / in-memory, compiled"),
+]
+SUPERVISED_PAIRS = [(CL, CL + SUP), (CL + "+compile", CL + "+compile" + SUP)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--steps", type=int, default=200, help="timed training batches per variant")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed batches first")
+    parser.add_argument("--steps", type=int, default=25, help="timed training batches per run")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed batches first (compilation happens here)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per variant; the median and range are reported")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--arch", default="Unet")
     parser.add_argument("--encoder", default="resnet50")
-
-
-# name -> (precision, channels_last, cudnn.benchmark, compile_models, lambda_adv)
-VARIANTS = {
-    "fp32": ("32-true", False, True, False, 0.01),
-    "bf16": ("bf16-mixed", False, True, False, 0.01),
-    "bf16+channels_last": ("bf16-mixed", True, True, False, 0.01),
-    "bf16+channels_last, cudnn.benchmark off": ("bf16-mixed", True, False, False, 0.01),
-    "bf16+channels_last+compile": ("bf16-mixed", True, True, True, 0.01),
-    "bf16+channels_last, supervised (no D)": ("bf16-mixed", True, True, False, 0.0),
-}
+    parser.add_argument("--out", help="folder for the results: one JSON per run, limits.json, table.md, as they finish")
+    parser.add_argument("--matmul-size", type=int, default=8192, help="n of the [n, n] x [n, n] bf16 matmul")
+    parser.add_argument("--conv-shape", type=int, nargs=4, default=[8, 256, 128, 256], metavar=("B", "C", "H", "W"),
+                        help="input of the 3x3 C->C bf16 convolution")  # fmt: skip
+    parser.add_argument("--limit-seconds", type=float, default=2.0, help="timing of the matmul and the convolution")
+    parser.add_argument("--root", help="Cityscapes-layout folder for the loader variants (default: draw frames)")
+    parser.add_argument("--frames", type=int, default=24, help="synthetic frames to draw for the loader variants")
+    parser.add_argument("--frame-size", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"))
+    parser.add_argument("--workers", type=int, default=16, help="DataLoader workers of the loader variants")
+    parser.add_argument("--sync-audit", action="store_true",
+                        help="CUDA: run the best variant a few batches with torch.cuda.set_sync_debug_mode('warn') "
+                             "and list every host-device synchronisation by source line")  # fmt: skip
 
 
 class RandomBatches(Dataset):
@@ -53,19 +109,35 @@ class RandomBatches(Dataset):
         return {"image": self.image, "mask": self.mask}
 
 
-class Timer(pl.Callback):
-    """Times the training batches after `warmup` ones, from batch end to batch end."""
+class RepeatedCityscapes(CityscapesDataModule):
+    """The Cityscapes data module with its training frames listed `repeat` times, so that a few frames on disk
+    give as many batches as a run needs (every item is still decoded, mapped, scaled, cropped and flipped)."""
 
-    def __init__(self, warmup: int):
-        self.warmup, self.start, self.end, self.batches = warmup, None, None, 0
+    def __init__(self, root: str, repeat: int, **kwargs):
+        super().__init__(root, **kwargs)
+        self.repeat = repeat
+
+    def find_samples(self, split: str) -> list:
+        return super().find_samples(split) * (self.repeat if split == "train" else 1)
+
+
+class Timer(pl.Callback):
+    """Times training batches `warmup` to `warmup + steps`, synchronising the device at those two points only
+    (a synchronisation per batch would hide the host running ahead of the device)."""
+
+    def __init__(self, warmup: int, steps: int | None = None):
+        self.warmup, self.steps, self.start, self.end, self.batches = warmup, steps, None, None, 0
+        self.compiles_at_start = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        last = self.steps is None or batch_idx + 1 == self.warmup + self.steps
+        if batch_idx + 1 == self.warmup or (batch_idx + 1 > self.warmup and last):
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize(pl_module.device)
         if batch_idx + 1 == self.warmup:
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-            self.start = time.perf_counter()
+            if pl_module.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(pl_module.device)
+            self.start, self.compiles_at_start = time.perf_counter(), counters["frames"]["ok"]
         elif batch_idx + 1 > self.warmup:
             self.batches += 1
             self.end = time.perf_counter()
@@ -74,36 +146,171 @@ class Timer(pl.Callback):
         return self.end - self.start
 
 
-def measure(options: argparse.Namespace, variant: str) -> tuple[float, float]:
-    precision, channels_last, cudnn_benchmark, compile_models, lambda_adv = VARIANTS[variant]
-    torch.backends.cudnn.benchmark = cudnn_benchmark
+class Unfused(pl.Callback):
+    """Gives the optimizers torch's default implementation (foreach on CUDA, a loop over the parameters on a
+    CPU), as before issue 18."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["fused"], group["foreach"] = None, None
+
+
+def build(options, variant: Variant) -> SegGAN:
     pl.seed_everything(0, verbose=False)
-    model = SegGAN(num_classes=19, arch=options.arch, encoder_name=options.encoder, channels_last=channels_last,
-                   compile_models=compile_models, lambda_adv=lambda_adv, g_optimizer="adamw", g_lr=1e-4)  # fmt: skip
+    model = SegGAN(num_classes=19, arch=options.arch, encoder_name=options.encoder, lambda_adv=variant.lambda_adv,
+                   channels_last=variant.channels_last, compile_models=variant.compile == "training",
+                   g_optimizer="adamw", g_lr=1e-4)  # fmt: skip
+    if variant.compile == "module":  # before issue 18: whole modules, default (automatic dynamic) shapes
+        for network in filter(None, [model.generator, model.discriminator]):
+            network.compile()
+    if variant.host_checked:
+        model.guard.check_every = 1
+    return model
+
+
+def train_data(options, variant: Variant, frames: Path | None):
     batches = options.warmup + options.steps
-    loader = DataLoader(RandomBatches(batches * options.batch, tuple(options.crop)), batch_size=options.batch)
-    timer = Timer(options.warmup)
-    trainer = pl.Trainer(accelerator="gpu" if options.device == "cuda" else "cpu", devices=1,
-                         precision=precision, max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
-                         limit_val_batches=0)  # fmt: skip
-    trainer.fit(model, loader)
-    images_per_s = timer.batches * options.batch / timer.seconds()
-    peak = torch.cuda.max_memory_allocated() / 2**30 if options.device == "cuda" else float("nan")
-    print(f"{variant}: {images_per_s:.2f} images/s, peak {peak:.2f} GiB", flush=True)
-    return images_per_s, peak
+    if not variant.loader:
+        return DataLoader(RandomBatches(batches * options.batch, tuple(options.crop)), batch_size=options.batch)
+    count = len(list((frames / "leftImg8bit" / "train").glob("*/*.png")))
+    return RepeatedCityscapes(str(frames), repeat=-(-batches * options.batch // count), batch_size=options.batch,
+                              num_workers=options.workers, pin_memory=options.device == "cuda",
+                              persistent_workers=options.workers > 0, crop_size=tuple(options.crop))  # fmt: skip
+
+
+def trainer(options, variant: Variant, callbacks: list) -> pl.Trainer:
+    return pl.Trainer(accelerator="gpu" if options.device == "cuda" else "cpu", devices=1, precision=variant.precision,
+                      max_epochs=1, limit_train_batches=options.warmup + options.steps, limit_val_batches=0,
+                      logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=callbacks + ([] if variant.fused else [Unfused()]))  # fmt: skip
+
+
+def measure(options, name: str, models: dict, frames: Path | None) -> dict:
+    """One timed run of variant `name`; its model is built once per call and kept (compiled code included)."""
+    variant = VARIANTS[name]
+    torch.backends.cudnn.benchmark = variant.cudnn_benchmark
+    if name not in models:
+        models[name] = build(options, variant)
+    model = models[name]
+    timer = Timer(options.warmup, options.steps)
+    compiles_before = counters["frames"]["ok"]
+    trainer(options, variant, [timer]).fit(model, train_data(options, variant, frames))
+    return {
+        "images_per_s": timer.batches * options.batch / timer.seconds(),
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if options.device == "cuda" else None,
+        "compiles": counters["frames"]["ok"] - compiles_before,
+        "compiles_while_timed": counters["frames"]["ok"] - timer.compiles_at_start,
+    }
+
+
+def flops_per_image(options, lambda_adv: float) -> float:
+    """FLOPs of one training batch of `options.batch` images in eager fp32, per image."""
+    model = build(options, Variant(precision="32-true", channels_last=False, lambda_adv=lambda_adv))
+    loader = DataLoader(RandomBatches(options.batch, tuple(options.crop)), batch_size=options.batch)
+    return step_flops(model, loader, "gpu" if options.device == "cuda" else "cpu") / options.batch
+
+
+def summary(results: dict, flops: dict, limits: dict) -> list[dict]:
+    rows = []
+    for name, runs in results.items():
+        speeds = [run["images_per_s"] for run in runs]
+        median = statistics.median(speeds)
+        tflops = median * flops[VARIANTS[name].lambda_adv] / 1e12
+        peaks = [run["peak_gib"] for run in runs if run["peak_gib"] is not None]
+        rows.append({"variant": name, "runs": len(runs), "images_per_s": median, "min": min(speeds),
+                     "max": max(speeds), "tflops": tflops, "mfu": tflops / limits["matmul_tflops"],
+                     "peak_gib": max(peaks) if peaks else None,
+                     "compiles_while_timed": sum(run["compiles_while_timed"] for run in runs)})  # fmt: skip
+    return rows
+
+
+def table(rows: list[dict], flops: dict, limits: dict, header: str) -> str:
+    lines = [header, "", f"bf16 matmul {limits['matmul_tflops']:.3g} TFLOP/s, bf16 3x3 convolution "
+             f"{limits['conv_tflops']:.3g} TFLOP/s (measured in this run); MFU = step TFLOP/s / matmul TFLOP/s", "",
+             "| variant | images/s (median) | range | step TFLOP/s | MFU | peak GiB | compiles while timed |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in rows:
+        peak = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.2f}"
+        lines.append(f"| {row['variant']} | {row['images_per_s']:.2f} | {row['min']:.2f}-{row['max']:.2f} | "
+                     f"{row['tflops']:.3g} | {row['mfu']:.1%} | {peak} | {row['compiles_while_timed']} |")  # fmt: skip
+    speed = {row["variant"]: row["images_per_s"] for row in rows}
+    lines.append("")
+    for variant, baseline, what in RATIOS:
+        if variant in speed and baseline in speed:
+            lines.append(f"- {what}: {speed[variant] / speed[baseline]:.2f}")
+    for adversarial, supervised in SUPERVISED_PAIRS:
+        if adversarial in speed and supervised in speed and 0.0 in flops and 0.01 in flops:
+            time_ratio = speed[supervised] / speed[adversarial]
+            lines.append(f"- adversarial / supervised ({adversarial}): time {time_ratio:.2f}, "
+                         f"FLOPs {flops[0.01] / flops[0.0]:.2f} (target: time ratio <= FLOP ratio)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def sync_audit(options, out: Path | None) -> None:
+    """Every host-device synchronisation of a few training batches of the best variant, by source line."""
+    model = build(options, BEST)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer(options, BEST, []).fit(model, train_data(options, BEST, None))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    places: dict[str, int] = {}
+    for warning in caught:
+        if "synchroniz" in str(warning.message):
+            place = f"{warning.filename}:{warning.lineno}"
+            places[place] = places.get(place, 0) + 1
+    batches = options.warmup + options.steps
+    ranked = sorted(places.items(), key=lambda item: -item[1])
+    text = "\n".join([f"host-device synchronisations in {batches} training batches (sync debug mode):"]
+                     + [f"  {count:5d}  {place}" for place, count in ranked])  # fmt: skip
+    print(text, flush=True)
+    if out:
+        (out / "sync_audit.txt").write_text(text + "\n")
 
 
 def run(options: argparse.Namespace) -> None:
     if options.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device here; run this benchmark on a GPU machine (or --device cpu to test).")
-    name = torch.cuda.get_device_name() if options.device == "cuda" else "CPU"
-    rows = [(variant, *measure(options, variant)) for variant in options.variants]
-    print(
-        f"\nGAN training step on {name}: {options.arch}-{options.encoder} + FCN D, batch {options.batch}, "
-        f"{options.crop[0]}x{options.crop[1]} crops, {options.steps} timed batches after {options.warmup}"
-    )
-    first = rows[0][1]
-    print(f"| variant | images/s | peak GiB | speed vs {rows[0][0]} |\n|---|---|---|---|")
-    for variant, speed, peak in rows:
-        print(f"| {variant} | {speed:.2f} | {peak:.2f} | {speed / first:.2f} |")
+    device = torch.device(options.device)
+    out = Path(options.out) if options.out else None
+    if out:
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+    env = environment(device)
+    limits = {"matmul_tflops": matmul_tflops(device, options.matmul_size, options.limit_seconds),
+              "conv_tflops": conv_tflops(device, *options.conv_shape, seconds=options.limit_seconds)}  # fmt: skip
+    print(f"{env['device']}: bf16 matmul {limits['matmul_tflops']:.2f} TFLOP/s, "
+          f"conv {limits['conv_tflops']:.2f} TFLOP/s", flush=True)  # fmt: skip
+    flops = {lam: flops_per_image(options, lam) for lam in {VARIANTS[name].lambda_adv for name in options.variants}}
+    print("FLOPs per image: " + ", ".join(f"lambda_adv {lam}: {value / 1e9:.1f} GFLOP" for lam, value in flops.items()))
+    if out:
+        record = {"environment": env, "limits": limits, "flops_per_image": flops, "options": vars(options)}
+        (out / "limits.json").write_text(json.dumps(record, indent=1, default=str))
+    with tempfile.TemporaryDirectory() as tmp:
+        frames = Path(options.root) if options.root else None
+        if frames is None and any(VARIANTS[name].loader for name in options.variants):
+            frames = write_synthetic_cityscapes(Path(tmp) / "frames", tuple(options.frame_size),
+                                                {"train": options.frames, "val": 1}, seed=0)  # fmt: skip
+        models, results = {}, {name: [] for name in options.variants}
+        header = (f"GAN training step on {env['device']}: {options.arch}-{options.encoder} + FCN D, "
+                  f"batch {options.batch}, {options.crop[0]}x{options.crop[1]} crops, {options.steps} timed batches "
+                  f"after {options.warmup}, {options.repeats} runs per variant, torch {env['torch']}, "
+                  f"{env['date']}")  # fmt: skip
+        for repeat in range(options.repeats):  # the variants take turns
+            for name in options.variants:
+                result = measure(options, name, models, frames)
+                results[name].append(result)
+                print(f"{name} (run {repeat + 1}): {result['images_per_s']:.2f} images/s, {result['compiles']} "
+                      f"compiles ({result['compiles_while_timed']} while timed)", flush=True)  # fmt: skip
+                if out:
+                    slug = "".join(c if c.isalnum() else "_" for c in name)
+                    record = {"variant": name, "settings": asdict(VARIANTS[name]), "run": repeat + 1, **result}
+                    (out / "runs" / f"{slug}-{repeat + 1}.json").write_text(json.dumps(record, indent=1))
+                    done = {key: runs for key, runs in results.items() if runs}
+                    (out / "table.md").write_text(table(summary(done, flops, limits), flops, limits, header) + "\n")
+            models = models if repeat + 1 < options.repeats else {}
+    if options.sync_audit and options.device == "cuda":
+        sync_audit(options, out)
+    print("\n" + table(summary(results, flops, limits), flops, limits, header))

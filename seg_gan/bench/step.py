@@ -15,11 +15,12 @@ import time
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
 
+from seg_gan.bench import limits
 from seg_gan.bench.gpu import RandomBatches, Timer
 from seg_gan.losses import cross_entropy, discriminator_loss, encode_real, generator_adversarial_loss, valid_mask
 from seg_gan.module import SegGAN
+from seg_gan.speed import build_optimizer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +43,7 @@ def lightning_rate(options, size: tuple[int, int], lambda_adv: float) -> tuple[f
     model = make_model(options, lambda_adv)
     batches = options.warmup + options.steps
     loader = DataLoader(RandomBatches(batches * options.batch, size), batch_size=options.batch)
-    timer = Timer(options.warmup)
+    timer = Timer(options.warmup, options.steps)
     trainer = pl.Trainer(accelerator="gpu" if options.device == "cuda" else "cpu", devices=1, max_epochs=1,
                          logger=pl.loggers.CSVLogger("/tmp/seg_gan_bench"), log_every_n_steps=1,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -55,8 +56,10 @@ def bare_rate(options, size: tuple[int, int]) -> tuple[float, float]:
     """The same arithmetic as SegGAN.training_step, written as a plain loop."""
     model = make_model(options, 0.01).to(options.device)
     generator, discriminator = model.generator, model.discriminator
-    g_opt = torch.optim.AdamW(generator.parameters(), lr=1e-4, weight_decay=model.hparams.g_weight_decay)
-    d_opt = torch.optim.Adam(discriminator.parameters(), lr=1e-4, betas=(0.9, 0.99))
+    device = torch.device(options.device)  # the optimizers SegGAN builds (fused), for the same arithmetic
+    g_opt = build_optimizer(torch.optim.AdamW, generator.parameters(), device, lr=1e-4,
+                            weight_decay=model.hparams.g_weight_decay)  # fmt: skip
+    d_opt = build_optimizer(torch.optim.Adam, discriminator.parameters(), device, lr=1e-4, betas=(0.9, 0.99))
     data = RandomBatches(1, size)
     image = data.image.expand(options.batch, -1, -1, -1).contiguous().to(options.device)
     target = data.mask.expand(options.batch, -1, -1).contiguous().to(options.device)
@@ -97,24 +100,10 @@ def bare_rate(options, size: tuple[int, int]) -> tuple[float, float]:
     return timed * options.batch / (time.perf_counter() - start), _peak(options)
 
 
-def step_flops(options, size: tuple[int, int], lambda_adv: float) -> int:
-    """FLOPs of one training step (forward and backward of G, and of D when it exists)."""
-    model = make_model(options, lambda_adv)
-    data = RandomBatches(1, size)
-    image = data.image.expand(options.batch, -1, -1, -1).contiguous()
-    target = data.mask.expand(options.batch, -1, -1).contiguous()
-    with FlopCounterMode(display=False) as counter:
-        logits = model.generator(image)
-        probs = logits.softmax(1)
-        loss = cross_entropy(logits, target, 255)
-        if model.discriminator is not None:
-            real = encode_real(target, probs.detach(), 255)
-            d_input = torch.cat([real, probs.detach()])  # [real; fake], as in the D step
-            d_loss = model.discriminator(d_input, torch.cat([image, image])).mean()
-            d_loss.backward()
-            loss = loss + 0.01 * model.discriminator(probs, image).mean()
-        loss.backward()
-    return counter.get_total_flops()
+def step_flops(options, size: tuple[int, int], lambda_adv: float) -> float:
+    """FLOPs of one training batch: SegGAN's real step counted by FlopCounterMode (seg_gan.bench.limits), on CPU."""
+    loader = DataLoader(RandomBatches(options.batch, size), batch_size=options.batch)
+    return limits.step_flops(make_model(options, lambda_adv), loader, "cpu")
 
 
 def _sync(options) -> None:
