@@ -72,6 +72,17 @@ def test_semi_benchmark_scales_camvid_once(camvid_root, tmp_path):
     assert scaled_copy(camvid_root, tmp_path, [24, 32]) == copy and (copy / "DONE").stat().st_mtime_ns == stamp
 
 
+def test_semi_result_files_name_no_folder_of_the_machine_that_ran_them(tmp_path):
+    from seg_gan.bench.semi import REPO as BENCH_REPO
+    from seg_gan.bench.semi import portable
+
+    work = tmp_path / "semiwork"
+    args = f"--config {BENCH_REPO}/configs/camvid_semi.yaml --data.root {work}/camvid-240x320 --x {work}/runs/a"
+    assert portable(args, work) == (
+        "--config <repo>/configs/camvid_semi.yaml --data.root <work>/camvid-240x320 --x <work>/runs/a"
+    )
+
+
 def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     from seg_gan.bench.semi_table import interval, tables
 

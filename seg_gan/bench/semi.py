@@ -159,8 +159,13 @@ def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> 
         "labeled_images": len(cli.datamodule.train_set), **scores, "diagnostics": diagnostics(run_dir),
         "train_s": round(train_s, 1), "device": torch.cuda.get_device_name() if torch.cuda.is_available()
         else platform.processor() or platform.machine(), "torch": torch.__version__, "lightning": pl.__version__,
-        "date": datetime.date.today().isoformat(), "args": " ".join(args),
+        "date": datetime.date.today().isoformat(), "args": portable(" ".join(args), options.work),
     }  # fmt: skip
+
+
+def portable(text: str, work: Path) -> str:
+    """`text` with this machine's folders written as <work> and <repo>: the result files are committed."""
+    return text.replace(str(work.resolve()), "<work>").replace(str(work), "<work>").replace(str(REPO), "<repo>")
 
 
 def optimizer_steps(arm: str) -> int:
