@@ -86,16 +86,18 @@ def test_semi_result_files_name_no_folder_of_the_machine_that_ran_them(tmp_path)
 def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     from seg_gan.bench.semi_table import interval, tables
 
-    def write(arm, labels, seed, val, test):
+    def write(arm, labels, seed, val, test, batches=1000):
         iou = {"Sky": val, "Bicyclist": float("nan")}
         result = {"arm": arm, "labels": labels, "seed": seed, "val_mIoU": val, "test_mIoU": test, "val_iou": iou,
-                  "test_iou": iou, "diagnostics": {"semi_mask_precision": 0.9} if arm == "cutmix" else {}}  # fmt: skip
+                  "test_iou": iou, "diagnostics": {"semi_mask_precision": 0.9} if arm == "cutmix" else {},
+                  "batches": batches}  # fmt: skip
         (tmp_path / f"{arm}-{labels}-seed{seed}.json").write_text(json.dumps(result))
 
     for seed, (base, mixed) in enumerate([(0.50, 0.56), (0.52, 0.57), (0.51, 0.55)]):
         write("supervised", "1-16", seed, base, base - 0.01)
         write("cutmix", "1-16", seed, mixed, mixed)
     write("full", "full", 0, 0.61, 0.60)
+    write("error-probe300", "1-16", 0, 0.40, 0.40, batches=300)  # a shorter probe: shown, never paired
     main, classes, masks = tables(tmp_path).strip().split("\n\n")[1:4]  # after the heading
     rows = {line.split(" | ")[0].strip("| "): line for line in (main + "\n" + classes).splitlines()}
     assert "| 0,1,2 | 51.0 ± 1.0 | 50.0 ± 1.0 |" in rows["supervised"]
@@ -107,6 +109,7 @@ def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     assert rows["full"].startswith("| full | 0 | 61.0 | 60.0 |")
     assert rows["Bicyclist"].endswith("| - | - | - |")  # nan: absent in every run
     assert "| cutmix | 0.900 | - | - | - |" in masks
+    assert rows["error-probe300"] == "| error-probe300 | 0 | 40.0 | 40.0 |  |  |  |"
 
 
 def test_class_balanced_labeled_lists():

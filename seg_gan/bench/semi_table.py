@@ -20,9 +20,11 @@ def load(folder: Path) -> list[dict]:
 
 
 def paired(results: list[dict], arm: str, split: str) -> list[float]:
-    """arm minus supervised, for each seed both were run with (same labels)."""
-    base = {r["seed"]: r[f"{split}_mIoU"] for r in results if r["arm"] == "supervised"}
-    return [r[f"{split}_mIoU"] - base[r["seed"]] for r in results if r["arm"] == arm and r["seed"] in base]
+    """arm minus supervised, for each seed both were run with (same labels, same number of batches: a shorter
+    probe never pairs with a full-length baseline)."""
+    base = {(r["seed"], r.get("batches")): r[f"{split}_mIoU"] for r in results if r["arm"] == "supervised"}
+    key = lambda r: (r["seed"], r.get("batches"))  # noqa: E731
+    return [r[f"{split}_mIoU"] - base[key(r)] for r in results if r["arm"] == arm and key(r) in base]
 
 
 def interval(differences: list[float]) -> tuple[float, float, float] | None:
@@ -55,9 +57,10 @@ def difference(results: list[dict], arm: str, split: str) -> str:
 
 
 def gap_closed(results: list[dict], full: list[dict], arm: str, split: str) -> str:
+    lengths = {r.get("batches") for r in results if r["arm"] == "supervised"}  # as in `paired`
     base = [r[f"{split}_mIoU"] for r in results if r["arm"] == "supervised"]
-    top = [r[f"{split}_mIoU"] for r in full]
-    mine = [r[f"{split}_mIoU"] for r in results if r["arm"] == arm]
+    top = [r[f"{split}_mIoU"] for r in full if r.get("batches") in lengths]
+    mine = [r[f"{split}_mIoU"] for r in results if r["arm"] == arm and r.get("batches") in lengths]
     if arm in ("supervised", "full") or not (base and top and mine):
         return ""
     gap = statistics.mean(top) - statistics.mean(base)
