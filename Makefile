@@ -5,7 +5,7 @@ CAMVID ?=
 .PHONY: help install test test-fast lint format train debug bench-data bench-step bench-inference bench-gpu bench-gpu-session bench-semi bench-semi-table clean
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 install:  ## install the project and the dev tools (editable)
 	$(PYTHON) -m pip install -e ".[dev]"
