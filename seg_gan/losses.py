@@ -227,8 +227,8 @@ def mask_precision(mask: torch.Tensor, pseudo: torch.Tensor, hidden: torch.Tenso
         )
 
 
-def precision_at_coverage(confidence: torch.Tensor, pseudo: torch.Tensor, hidden: torch.Tensor, coverage: float,
-                          ignore_index: int) -> torch.Tensor:  # fmt: skip
+def precision_at_coverage(confidence: torch.Tensor, pseudo: torch.Tensor, hidden: torch.Tensor,
+                          coverage: float | torch.Tensor, ignore_index: int) -> torch.Tensor:  # fmt: skip
     """Precision of the `coverage` share of labelled pixels with the highest `confidence` (e.g. G's max
     softmax, [B, H, W]): the mask another method would need to match at equal coverage. nan if it is empty."""
     with torch.no_grad():

@@ -130,7 +130,7 @@ def diagnostics(mask, pseudo, confidence, hidden, ignore_index: int) -> dict:
     figures = {"train/semi_mask_coverage": coverage}
     if precision == precision:  # nan: the mask holds no labelled pixel
         figures["train/semi_mask_precision"] = precision
-        same = precision_at_coverage(confidence, pseudo, hidden, float(coverage), ignore_index)
+        same = precision_at_coverage(confidence, pseudo, hidden, coverage, ignore_index)
         figures["train/softmax_mask_precision_same_coverage"] = same
     return figures
 
@@ -142,10 +142,11 @@ def colour_jitter(images: torch.Tensor, strength: float) -> torch.Tensor:
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
     pixels = images * std + mean  # [0, 1]
     factors = 1 + strength * (2 * torch.rand(3, len(images), 1, 1, 1, device=images.device) - 1)
+    luma = lambda x: 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]  # noqa: E731 - [B, 1, H, W] grey
     pixels = pixels * factors[0]  # brightness
-    gray = (0.299 * pixels[:, :1] + 0.587 * pixels[:, 1:2] + 0.114 * pixels[:, 2:]).mean((2, 3), keepdim=True)
+    gray = luma(pixels).mean((2, 3), keepdim=True)
     pixels = (pixels - gray) * factors[1] + gray  # contrast around each image's mean grey
-    gray = 0.299 * pixels[:, :1] + 0.587 * pixels[:, 1:2] + 0.114 * pixels[:, 2:]
+    gray = luma(pixels)
     pixels = (pixels - gray) * factors[2] + gray  # saturation
     return (pixels.clamp(0, 1) - mean) / std
 
