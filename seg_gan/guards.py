@@ -70,20 +70,21 @@ class StabilityGuard:
         on_device = self.check_every > 1 and all(group.get("fused") for group in optimizer.param_groups)
         if on_device:  # any process's non-finite loss skips everywhere: summed over processes, on the device
             nonfinite = strategy.reduce(torch.isfinite(loss.detach()).logical_not().float(), reduce_op="sum") > 0
-            optimizer.found_inf = nonfinite.float()
+            optimizer.found_inf, host_skip = nonfinite.float(), False
         else:
-            nonfinite = torch.tensor(not strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True))
+            host_skip = not strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+            nonfinite = torch.tensor(host_skip, device=loss.device)
             optimizer.__dict__.pop("found_inf", None)
         live = counts["stopped"] == 0  # after the stop rule the counts stay as they were at the K-th skip
-        streak = torch.where(nonfinite.to(loss.device), counts[which] + 1, 0)
+        streak = torch.where(nonfinite, counts[which] + 1, 0)
         counts[which] = torch.where(live, streak, counts[which])
-        counts["skipped"] += (live & nonfinite.to(loss.device)).float()
+        counts["skipped"] += (live & nonfinite).float()
         hit = live & (counts[which] >= self.max_consecutive_skips)
         counts["stopped"] = torch.where(hit, 1.0 if which == "g" else 2.0, counts["stopped"])
         counts["stop_batch"] = torch.where(hit, float(batch), counts["stop_batch"])
         if not on_device or (batch % self.check_every == 0 and batch != self.checked_batch):
             self.check(batch)
-        return not on_device and bool(nonfinite)
+        return host_skip
 
     def count_void_batch(self, all_void: torch.Tensor) -> None:
         """`all_void`: bool scalar tensor, the labeled batch has no labelled pixel."""
