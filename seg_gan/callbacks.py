@@ -147,7 +147,10 @@ class PredictionWriter(BasePredictionWriter):
         self.output_dir, self.overwrite, self.alpha = Path(output_dir), overwrite, alpha
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module) -> None:
-        if trainer.is_global_zero and self.output_dir.is_dir() and any(self.output_dir.iterdir()):
+        # rank 0 looks before any process writes (the broadcast waits for it): another rank's write probe
+        # below must not be taken for a previous run's files
+        holds_files = self.output_dir.is_dir() and any(self.output_dir.iterdir())
+        if trainer.strategy.broadcast(holds_files, src=0):
             if not self.overwrite:
                 raise UserError(f"writer.output_dir: {str(self.output_dir)!r} already holds files. Expected an "
                                 "empty or new folder, or --writer.overwrite true to replace them.")  # fmt: skip
