@@ -192,11 +192,20 @@ def correctness_loss(d_logits: torch.Tensor, right: torch.Tensor, weight: torch.
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on the pixels of `mask` (bool [B, H, W]) divided by all B*H*W pixels, as in French et
-    al. 2020's confidence-masked consistency: the loss grows with the share of confident pixels.
+    """Cross-entropy on the pixels of `mask` (bool [B, H, W]) divided by all B*H*W pixels, so that the loss
+    grows with the share of confident pixels (self-training on hard pseudo-labels).
     `target` int64 [B, H, W] must be a valid class wherever `mask` holds."""
     per_pixel = F.cross_entropy(logits, torch.where(mask, target, 0), reduction="none")  # [B, H, W]
     return (per_pixel * mask).sum() / mask.numel()
+
+
+def squared_error_consistency(logits: torch.Tensor, teacher_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """French et al. 2020's consistency as published (their code's defaults: `cons_loss_fn var`, confidence
+    not per pixel): the squared difference of the student's softmax and the teacher's probabilities summed
+    over classes, averaged over every pixel and scaled by the share of confident pixels in the batch.
+    `logits`, `teacher_probs` [B, C, H, W]; `mask` bool [B, H, W] (teacher's max probability > threshold)."""
+    per_pixel = (logits.softmax(1) - teacher_probs).square().sum(1)  # [B, H, W], in [0, 2]
+    return per_pixel.mean() * mask.float().mean()
 
 
 def box_mask(batch: int, size: tuple[int, int], area: float = 0.5, generator: torch.Generator | None = None):

@@ -99,6 +99,8 @@ class SegGAN(SegmentationModule):
             whether G's argmax is right: an error-predicting D, Ke et al. 2020; it sees the image too).
         d_dropout: Dropout2d after the first three convs of the fcn and image Ds (s4GAN as published: 0.5).
         ema_decay: decay of the mean teacher's exponential moving average (semi_method 'cutmix').
+        cutmix_consistency: the cutmix loss: 'squared_error' (French et al. 2020 as published: softmax maps'
+            squared error x confident share) or 'cross_entropy' (teacher's argmax on its confident pixels).
         lambda_fm: weight of s4GAN's feature-matching loss (semi_method 's4gan' only).
         semi_start: training batch (not optimizer step) from which the self-training loss is on.
         poly_power: poly schedule lr = base * (1 - batch / total_batches) ** power, for G and D.
@@ -151,6 +153,7 @@ class SegGAN(SegmentationModule):
         discriminator_target: Literal["real_fake", "correct"] = "real_fake",
         d_dropout: float = 0.0,
         ema_decay: float = 0.99,
+        cutmix_consistency: Literal["squared_error", "cross_entropy"] = "squared_error",
         lambda_fm: float = 0.1,
         semi_start: int = 5000,
         poly_power: float = 0.9,

@@ -12,8 +12,11 @@ terms to add to G's loss and the figures to log; the maths are the pure function
   unlabeled images that self-train as a whole.
 - confidence: self-training where G's own max softmax > mask_threshold, no D (the ablation: what D adds).
 - cutmix (French et al. 2020): a mean teacher (EMA of G, `ema_decay`) labels two unlabeled images mixed by
-  a box covering half the image; the student (G, on a colour-jittered view of the mix) learns them where
-  the teacher's max softmax > mask_threshold (lambda_semi). Validation, test and predict use the teacher.
+  a box covering half the image; the student (G, on a colour-jittered view of the mix) learns the teacher's
+  mixed probabilities (lambda_semi): as published, the squared error of the two softmax maps over every
+  pixel, scaled by the share of pixels whose teacher max softmax > mask_threshold (`cutmix_consistency
+  squared_error`), or cross-entropy to the teacher's argmax on those pixels only (`cross_entropy`).
+  Validation, test and predict use the teacher.
 
 Where the unlabeled images' labels are on disk (`hidden_mask`, never trained on), every method logs its
 mask's precision and coverage against them, and the precision of G's max-softmax mask at the same
@@ -39,6 +42,7 @@ from seg_gan.losses import (
     masked_cross_entropy,
     precision_at_coverage,
     pseudo_labels,
+    squared_error_consistency,
 )
 
 Method = Literal["hung", "s4gan", "confidence", "cutmix"]
@@ -106,12 +110,17 @@ def cutmix(model, out, batches_done: int) -> tuple[dict, dict]:
         model.teacher.train(was_training)
         box = box_mask(len(images), images.shape[-2:], CUTMIX_AREA).to(images.device)  # [Bu, 1, H, W]
         mix = lambda x: box * x + (1 - box) * x.roll(1, 0)  # noqa: E731 - image i with image i-1
-        confidence, targets = mix(teacher_probs).max(1)  # [Bu, H, W]
+        teacher_probs = mix(teacher_probs)  # [Bu, C, H, W] what the teacher says about each pixel of the mix
+        confidence, targets = teacher_probs.max(1)  # [Bu, H, W]
         student_view = colour_jitter(mix(images), JITTER)
     logits = whole(model.generator, student_view, model.memory_format)  # [Bu, C, H, W]
     mask = confidence > hp.mask_threshold
-    started = batches_done >= hp.semi_start
-    consistency = masked_cross_entropy(logits, targets, mask) if started else logits.sum() * 0
+    if batches_done < hp.semi_start:
+        consistency = logits.sum() * 0
+    elif hp.cutmix_consistency == "squared_error":  # as published: soft targets, every pixel, x confident share
+        consistency = squared_error_consistency(logits, teacher_probs, mask)
+    else:  # the teacher's argmax as a hard pseudo-label on its confident pixels (FixMatch-style)
+        consistency = masked_cross_entropy(logits, targets, mask)
     hidden = None
     if out.u_hidden is not None:
         hidden = torch.where(box[:, 0] > 0, out.u_hidden, out.u_hidden.roll(1, 0))  # the labels mixed alike

@@ -72,6 +72,13 @@ def test_semi_benchmark_scales_camvid_once(camvid_root, tmp_path):
     assert scaled_copy(camvid_root, tmp_path, [24, 32]) == copy and (copy / "DONE").stat().st_mtime_ns == stamp
 
 
+def test_semi_results_record_the_code_they_ran():
+    from seg_gan.bench.semi import code_version
+
+    version = code_version()  # the tests run from a git checkout (a clean clone in CI)
+    assert version is not None and re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?", version), version
+
+
 def test_semi_result_files_name_no_folder_of_the_machine_that_ran_them(tmp_path):
     from seg_gan.bench.semi import REPO as BENCH_REPO
     from seg_gan.bench.semi import portable

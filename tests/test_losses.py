@@ -22,6 +22,7 @@ from seg_gan.losses import (
     masked_cross_entropy,
     precision_at_coverage,
     pseudo_labels,
+    squared_error_consistency,
     valid_mask,
 )
 
@@ -153,6 +154,16 @@ def test_masked_cross_entropy_divides_by_every_pixel():
     mask = torch.tensor([[[True, True, False, False]]])
     loss = masked_cross_entropy(logits, torch.tensor([[[0, 1, 255, 255]]]), mask)
     assert float(loss) == pytest.approx(2 * math.log(2) / 4)  # 2 confident pixels of 4
+
+
+def test_squared_error_consistency_is_frenchs_soft_loss_scaled_by_the_confident_share():
+    logits = torch.zeros(1, 2, 1, 4)  # uniform student: softmax 0.5, 0.5 everywhere
+    teacher = torch.tensor([1.0, 1.0, 0.5, 0.75]).view(1, 1, 1, 4)
+    teacher = torch.cat([teacher, 1 - teacher], 1)  # [1, 2, 1, 4]
+    mask = torch.tensor([[[True, True, False, False]]])  # only the first two pixels are confident
+    # per pixel: 2 * (p - 0.5)^2 = 0.5, 0.5, 0, 0.125; mean 0.28125; times the confident share 2/4
+    assert float(squared_error_consistency(logits, teacher, mask)) == pytest.approx(0.28125 * 0.5)
+    assert float(squared_error_consistency(logits, teacher, torch.zeros_like(mask))) == 0.0
 
 
 def test_box_mask_covers_about_half_of_each_image():

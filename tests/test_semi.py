@@ -99,6 +99,22 @@ def test_the_mean_teacher_follows_the_student_only_and_is_what_evaluation_runs(c
         assert not torch.equal(model.predict_logits(image), model.generator(image))
 
 
+def test_cutmix_consistency_switch_picks_the_loss(cityscapes_root, tmp_path):
+    def semi_loss(consistency: str) -> float:
+        torch.manual_seed(0)
+        model = SegGAN(num_classes=19, lambda_adv=0.0, semi_method="cutmix", semi_start=0, mask_threshold=0.0,
+                       cutmix_consistency=consistency)  # fmt: skip
+        logger = pl.loggers.CSVLogger(tmp_path / consistency)
+        fit_one_batch(model, cityscapes_root, logger=logger, **SEMI)
+        rows = list(csv.DictReader(open(logger.experiment.metrics_file_path)))
+        return float(next(r["train/loss_semi"] for r in rows if r.get("train/loss_semi")))
+
+    squared, cross = semi_loss("squared_error"), semi_loss("cross_entropy")
+    # every pixel confident (threshold 0): the squared error of two probability maps lies in [0, 2]; an
+    # untrained 19-class G's cross-entropy to the teacher's argmax is about log 19 = 2.9
+    assert 0 < squared < 2 < cross
+
+
 @pytest.mark.parametrize("method", ["confidence", "cutmix"])  # hung and s4gan share the confidence code path
 def test_hidden_labels_are_logged_against_and_never_trained_on(cityscapes_root, tmp_path, method):
     def run(name: str) -> tuple[dict, list[dict]]:

@@ -21,6 +21,7 @@ import datetime
 import json
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -53,7 +54,8 @@ ARMS = {  # arm -> model/data options on top of configs/camvid_semi.yaml (Hung e
               "--model.lambda_semi", "1.0", "--model.lambda_fm", "0.1", "--model.semi_start", "0"],
     # the ablation of Hung's arm: its self-training, with G's own softmax instead of D's confidence
     "confidence": ["--model.semi_method", "confidence", "--model.lambda_adv", "0", "--model.mask_threshold", "0.9"],
-    # the positive control (French et al. 2020): CutMix mean teacher, consistency from the first batch
+    # the positive control (French et al. 2020): CutMix mean teacher with their squared-error consistency
+    # (the default cutmix_consistency), from the first batch
     "cutmix": ["--model.semi_method", "cutmix", "--model.lambda_adv", "0", "--model.mask_threshold", "0.97",
                "--model.lambda_semi", "1.0", "--model.semi_start", "0", "--model.ema_decay", "0.99"],
     "full": ["--model.lambda_adv", "0", *NO_UNLABELED],  # the ceiling: every training label
@@ -159,8 +161,15 @@ def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> 
         "labeled_images": len(cli.datamodule.train_set), **scores, "diagnostics": diagnostics(run_dir),
         "train_s": round(train_s, 1), "device": torch.cuda.get_device_name() if torch.cuda.is_available()
         else platform.processor() or platform.machine(), "torch": torch.__version__, "lightning": pl.__version__,
-        "date": datetime.date.today().isoformat(), "args": portable(" ".join(args), options.work),
+        "commit": code_version(), "date": datetime.date.today().isoformat(),
+        "args": portable(" ".join(args), options.work),
     }  # fmt: skip
+
+
+def code_version() -> str | None:
+    """The repository's commit (`git describe --always --dirty`), or None outside a git checkout."""
+    found = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return (found.stdout.strip() or None) if found.returncode == 0 else None
 
 
 def portable(text: str, work: Path) -> str:
