@@ -72,6 +72,34 @@ def test_semi_benchmark_scales_camvid_once(camvid_root, tmp_path):
     assert scaled_copy(camvid_root, tmp_path, [24, 32]) == copy and (copy / "DONE").stat().st_mtime_ns == stamp
 
 
+def test_semi_run_whose_name_ran_before_reads_its_own_metrics(tmp_path):
+    # semi_grid.sh's one-batch preparation and the grid's first run share a name (so a run folder): each
+    # JSON must hold the diagnostics of its own run (this failed: two metrics.csv under one folder)
+    import argparse
+
+    import segmentation_models_pytorch as smp
+    from conftest import write_camvid
+
+    from seg_gan.bench.semi import add_arguments, run
+
+    root = write_camvid(tmp_path / "camvid", {"train": 2, "val": 1, "test": 1})
+    work = tmp_path / "work"
+    work.mkdir()
+    encoder = smp.encoders.get_encoder("timm-tf_efficientnet_lite0", weights=None)
+    torch.save(encoder.state_dict(), work / "effnet_lite0_encoder.pth")  # stands in for the ImageNet weights
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    common = ["--root", str(root), "--work", str(work), "--arms", "full", "--seeds", "0", "--size", "32", "32"]
+    for batches, results in [(1, "prepare"), (2, "grid")]:
+        run(parser.parse_args([*common, "--batches", str(batches), "--results", str(tmp_path / results),
+                               "--extra", "--data.num_workers", "0", "--data.persistent_workers", "false",
+                               "--data.crop_size", "[32, 32]", "--data.batch_size", "2"]))  # fmt: skip
+    assert len(list((work / "runs" / "full-1-16-seed0").rglob("metrics.csv"))) == 2
+    for results, batches in [("prepare", 1), ("grid", 2)]:
+        saved = json.loads((tmp_path / results / "full-full-seed0.json").read_text())
+        assert saved["batches"] == batches and 0 <= saved["val_mIoU"] <= 1
+
+
 def test_semi_results_record_the_code_they_ran():
     from seg_gan.bench.semi import code_version
 

@@ -156,9 +156,10 @@ def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> 
         result = metrics.compute()
         ious = dict(zip(result.class_names, result.iou.tolist(), strict=True))
         scores |= {f"{split}_mIoU": result.miou, f"{split}_iou": ious}
+    logged = diagnostics(Path(cli.trainer.logger.experiment.metrics_file_path))  # this run's file
     return {
         "arm": arm + options.tag, "labels": options.labels, "seed": seed, "batches": options.batches,
-        "labeled_images": len(cli.datamodule.train_set), **scores, "diagnostics": diagnostics(run_dir),
+        "labeled_images": len(cli.datamodule.train_set), **scores, "diagnostics": logged,
         "train_s": round(train_s, 1), "device": torch.cuda.get_device_name() if torch.cuda.is_available()
         else platform.processor() or platform.machine(), "torch": torch.__version__, "lightning": pl.__version__,
         "commit": code_version(), "date": datetime.date.today().isoformat(),
@@ -184,12 +185,12 @@ def optimizer_steps(arm: str) -> int:
     return 1 if no_adversary and "s4gan" not in options else 2
 
 
-def diagnostics(run_dir: Path) -> dict[str, float]:
-    """Means over the run's logged rows of the GAN-health and mask figures (those it logged)."""
+def diagnostics(metrics_csv: Path) -> dict[str, float]:
+    """Means over the run's logged rows (its CSVLogger's file: an earlier run of the same name, such as
+    semi_grid.sh's one-batch preparation, has its own version folder) of the GAN-health and mask figures."""
     import csv
 
-    (path,) = run_dir.rglob("metrics.csv")
-    rows = list(csv.DictReader(path.open()))
+    rows = list(csv.DictReader(metrics_csv.open()))
     means = {}
     for key in DIAGNOSTICS:
         values = [float(r[key]) for r in rows if r.get(key) and float(r[key]) == float(r[key])]
