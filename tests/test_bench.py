@@ -73,8 +73,8 @@ def test_semi_benchmark_scales_camvid_once(camvid_root, tmp_path):
 
 
 def test_semi_run_whose_name_ran_before_reads_its_own_metrics(tmp_path):
-    # semi_grid.sh's one-batch preparation and the grid's first run share a name (so a run folder): each
-    # JSON must hold the diagnostics of its own run (this failed: two metrics.csv under one folder)
+    # semi_grid.sh's one-batch preparation and the grid's first run share a name (so a run folder): the
+    # second run must read its own metrics file and finish (it crashed on two metrics.csv under one folder)
     import argparse
 
     import segmentation_models_pytorch as smp

@@ -22,8 +22,8 @@ def load(folder: Path) -> list[dict]:
 def paired(results: list[dict], arm: str, split: str) -> list[float]:
     """arm minus supervised, for each seed both were run with (same labels, same number of batches: a shorter
     probe never pairs with a full-length baseline)."""
-    base = {(r["seed"], r.get("batches")): r[f"{split}_mIoU"] for r in results if r["arm"] == "supervised"}
     key = lambda r: (r["seed"], r.get("batches"))  # noqa: E731
+    base = {key(r): r[f"{split}_mIoU"] for r in results if r["arm"] == "supervised"}
     return [r[f"{split}_mIoU"] - base[key(r)] for r in results if r["arm"] == arm and key(r) in base]
 
 
