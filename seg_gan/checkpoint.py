@@ -132,6 +132,9 @@ FREE_ON_RESUME = (
     "class_names",
 )
 CONFIG_HINT = "its run folder holds them in config.yaml: --config <run folder>/config.yaml"
+# Options added after checkpoints had been written without them, whose default is not what such a
+# checkpoint ran with: {option: (the semi_method it acts in, what a checkpoint without it ran with)}.
+BEFORE_OPTION = {"cutmix_consistency": ("cutmix", "cross_entropy")}
 
 
 def check_checkpoint_fits(checkpoint: dict, own_state: dict, hparams: dict, resuming: bool) -> None:
@@ -145,7 +148,8 @@ def check_checkpoint_fits(checkpoint: dict, own_state: dict, hparams: dict, resu
 
     Raises:
         UserError: another class count; tensors of other names or shapes (naming the structural option
-            that differs, e.g. model.arch); on resume, any training option that differs.
+            that differs, e.g. model.arch); on resume, any training option that differs, also one
+            the checkpoint predates whose default changed what a run does (`BEFORE_OPTION`).
     """
     stored, saved = checkpoint.get("state_dict", {}), checkpoint.get("hyper_parameters", {})
     if saved.get("num_classes", hparams["num_classes"]) != hparams["num_classes"]:
@@ -173,6 +177,10 @@ def check_checkpoint_fits(checkpoint: dict, own_state: dict, hparams: dict, resu
         )
     if resuming:
         changed = []
+        for name, (method, ran) in BEFORE_OPTION.items():
+            if name not in saved and saved.get("semi_method") == method and hparams.get(name, ran) != ran:
+                predates = f"the checkpoint predates the option and ran {ran!r}"
+                changed.append(f"model.{name} is {hparams[name]!r} here, but {predates}")
         for name, value in saved.items():
             ours = hparams.get(name, value)
             if name not in FREE_ON_RESUME and (list(value) if isinstance(value, tuple) else value) != (

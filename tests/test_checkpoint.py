@@ -13,8 +13,10 @@ import torch
 from conftest import TESTS, fails_with, learning_args, run_subprocess, tiny_args, write_camvid
 
 from seg_gan import SegGAN
+from seg_gan.checkpoint import check_checkpoint_fits
 from seg_gan.cli import main
 from seg_gan.data import CityscapesDataModule
+from seg_gan.errors import UserError
 from seg_gan.inference import predict_logits
 from seg_gan.metrics import Scores
 
@@ -158,6 +160,19 @@ def test_resuming_with_other_training_options_is_refused(cityscapes_root, tmp_pa
     )
     main(["fit", *tiny_args(cityscapes_root, tmp_path / "c", "--model.flip_tta", "true"), *resume])  # evaluation only
     assert torch.load(next((tmp_path / "c").rglob("last.ckpt")), weights_only=False)["hyper_parameters"]["flip_tta"]
+
+
+def test_resuming_a_cutmix_run_from_before_its_loss_option_keeps_the_loss_it_ran_with():
+    """Checkpoints written before `cutmix_consistency` existed trained with cross-entropy consistency; today's
+    default is French et al.'s squared error, so resuming one with the default would switch losses unseen."""
+    old = {"num_classes": 11, "semi_method": "cutmix", "g_lr": 1e-3}  # no cutmix_consistency stored
+    checkpoint = {"state_dict": {}, "hyper_parameters": old}
+    with pytest.raises(UserError, match="cutmix_consistency is 'squared_error' here, but the checkpoint predates"):
+        check_checkpoint_fits(checkpoint, {}, old | {"cutmix_consistency": "squared_error"}, resuming=True)
+    check_checkpoint_fits(checkpoint, {}, old | {"cutmix_consistency": "cross_entropy"}, resuming=True)
+    check_checkpoint_fits(checkpoint, {}, old | {"cutmix_consistency": "squared_error"}, resuming=False)  # weights only
+    hung = {**old, "semi_method": "hung"}  # the option does not act in other methods
+    check_checkpoint_fits({"hyper_parameters": hung}, {}, hung | {"cutmix_consistency": "squared_error"}, resuming=True)
 
 
 def test_evaluation_options_given_with_a_checkpoint_win(cityscapes_root, tmp_path, capsys):
