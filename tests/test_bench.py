@@ -90,14 +90,37 @@ def test_semi_run_whose_name_ran_before_reads_its_own_metrics(tmp_path):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     common = ["--root", str(root), "--work", str(work), "--arms", "full", "--seeds", "0", "--size", "32", "32"]
-    for batches, results in [(1, "prepare"), (2, "grid")]:
-        run(parser.parse_args([*common, "--batches", str(batches), "--results", str(tmp_path / results),
+    for results in ["prepare", "grid"]:
+        run(parser.parse_args([*common, "--batches", "1", "--results", str(tmp_path / results),
                                "--extra", "--data.num_workers", "0", "--data.persistent_workers", "false",
                                "--data.crop_size", "[32, 32]", "--data.batch_size", "2"]))  # fmt: skip
-    assert len(list((work / "runs" / "full-1-16-seed0").rglob("metrics.csv"))) == 2
-    for results, batches in [("prepare", 1), ("grid", 2)]:
-        saved = json.loads((tmp_path / results / "full-full-seed0.json").read_text())
-        assert saved["batches"] == batches and 0 <= saved["val_mIoU"] <= 1
+    assert len(list((work / "runs" / "full-1-16-seed0-b1").rglob("metrics.csv"))) == 2
+    for results in ["prepare", "grid"]:
+        saved = json.loads((tmp_path / results / "full-full-seed0-b1.json").read_text())  # the length in the name
+        assert saved["batches"] == 1 and 0 <= saved["val_mIoU"] <= 1
+
+
+def test_semi_result_of_another_length_is_refused_not_skipped(tmp_path):
+    # a result file named before names held the length must not pass for the run asked for
+    import argparse
+
+    from seg_gan.bench.semi import add_arguments, already_run, run, run_name
+
+    assert run_name("cutmix", "1-16", 0, 1000) == "cutmix-1-16-seed0"  # the study's length: names as before
+    assert run_name("cutmix-x", "1-16", 3, 4000) == "cutmix-x-1-16-seed3-b4000"
+    results = tmp_path / "results"
+    results.mkdir()
+    old = results / "cutmix-1-16-seed0.json"
+    old.write_text(json.dumps({"arm": "cutmix", "batches": 2000}))
+    assert already_run(old, 2000) and not already_run(results / "supervised-1-16-seed0.json", 1000)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    work = tmp_path / "work"
+    options = ["--root", str(tmp_path / "camvid"), "--work", str(work), "--results", str(results),
+               "--arms", "supervised", "cutmix", "--seeds", "0"]  # fmt: skip
+    with pytest.raises(SystemExit, match=r"cutmix-1-16-seed0.json holds a run of 2000 batches, not the 1000"):
+        run(parser.parse_args(options))
+    assert not work.exists() and sorted(p.name for p in results.iterdir()) == [old.name]  # refused before any work
 
 
 def test_semi_results_record_the_code_they_ran():
@@ -121,18 +144,23 @@ def test_semi_result_files_name_no_folder_of_the_machine_that_ran_them(tmp_path)
 def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     from seg_gan.bench.semi_table import interval, tables
 
-    def write(arm, labels, seed, val, test, batches=1000):
+    def write(arm, labels, seed, val, test, batches=1000, diagnostics=None):
         iou = {"Sky": val, "Bicyclist": float("nan")}
         result = {"arm": arm, "labels": labels, "seed": seed, "val_mIoU": val, "test_mIoU": test, "val_iou": iou,
-                  "test_iou": iou, "diagnostics": {"semi_mask_precision": 0.9} if arm == "cutmix" else {},
-                  "batches": batches}  # fmt: skip
-        (tmp_path / f"{arm}-{labels}-seed{seed}.json").write_text(json.dumps(result))
+                  "test_iou": iou, "batches": batches,
+                  "diagnostics": diagnostics or ({"semi_mask_precision": 0.9} if arm == "cutmix" else {})}  # fmt: skip
+        (tmp_path / f"{arm}-{labels}-seed{seed}-b{batches}.json").write_text(json.dumps(result))
 
     for seed, (base, mixed) in enumerate([(0.50, 0.56), (0.52, 0.57), (0.51, 0.55)]):
         write("supervised", "1-16", seed, base, base - 0.01)
         write("cutmix", "1-16", seed, mixed, mixed)
     write("full", "full", 0, 0.61, 0.60)
     write("error-probe300", "1-16", 0, 0.40, 0.40, batches=300)  # a shorter probe: shown, never paired
+    for seed, (base, mixed) in enumerate([(0.53, 0.55), (0.54, 0.57)]):  # a tagged pair at another length
+        write("supervised-len2000", "1-16", seed, base, base, batches=2000)
+        write("cutmix-len2000", "1-16", seed, mixed, mixed, batches=2000)
+    write("cutmix", "1-16", 0, 0.58, 0.58, batches=2000)  # untagged at 2000: no supervised run of its own
+    write("s4gan", "1-16", 0, 0.50, 0.49, diagnostics={"semi_mask_coverage": 0.0, "d_accuracy": 0.5})
     main, classes, masks = tables(tmp_path).strip().split("\n\n")[1:4]  # after the heading
     rows = {line.split(" | ")[0].strip("| "): line for line in (main + "\n" + classes).splitlines()}
     assert "| 0,1,2 | 51.0 ± 1.0 | 50.0 ± 1.0 |" in rows["supervised"]
@@ -144,7 +172,13 @@ def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     assert rows["full"].startswith("| full | 0 | 61.0 | 60.0 |")
     assert rows["Bicyclist"].endswith("| - | - | - |")  # nan: absent in every run
     assert "| cutmix | 0.900 | - | - | - |" in masks
-    assert rows["error-probe300"] == "| error-probe300 | 0 | 40.0 | 40.0 |  |  |  |"
+    assert "| s4gan | (empty mask) | (empty mask) | 0.000 | 0.500 |" in masks  # no precision: never selected
+    assert rows["error-probe300 (300 batches)"] == "| error-probe300 (300 batches) | 0 | 40.0 | 40.0 |  |  |  |"
+    # the tagged pair pairs with its own supervised runs (differences 2 and 3 points), not the 1000-batch ones
+    assert "| 0,1 | 56.0 ± 1.4 | 56.0 ± 1.4 | +2.5 [-3.9, +8.9] 2/2 |" in rows["cutmix-len2000 (2000 batches)"]
+    assert rows["cutmix (2000 batches)"].endswith("| 58.0 | 58.0 |  |  |  |")  # nothing of its length to pair
+    assert rows["supervised-len2000 (2000 batches)"].endswith("|  |  |  |")
+    assert list(rows).index("supervised-len2000 (2000 batches)") < list(rows).index("cutmix-len2000 (2000 batches)")
 
 
 def test_class_balanced_labeled_lists():

@@ -7,13 +7,14 @@ positive control and a supervised baseline trained on the same few labels.
 
 Every (arm, labels, seed) run trains `--batches` batches of 8 labeled (+ 8 unlabeled) images, then
 evaluates its final weights once on val and once on test, and writes one JSON into `--results` (by
-default `seg_gan/bench/results/semi/`, committed, so the study accumulates across machines); runs whose
-file exists are skipped. Choices are made on val; test numbers are for the final table only. Seeds are
-paired: a seed gives every arm the same initialisation and data order. G: Unet with an ImageNet
-EfficientNet-Lite0 encoder (installed offline by the `experiments` extra); everything else from
-configs/camvid_semi.yaml. CamVid is written once at `--size` (default 240x320: images antialiased,
-labels nearest) into `<work>/camvid-<H>x<W>`, and training and evaluation run on that copy. The
-labeled subsets are the class-balanced lists of configs/splits/ (`--make-splits` draws them).
+default `seg_gan/bench/results/semi/`, committed, so the study accumulates across machines), named by
+arm, labels, seed and (other than the default 1000) batches; runs whose file exists are skipped.
+Choices are made on val; test numbers are for the final table only. Seeds are paired: a seed gives every
+arm the same initialisation and data order. G: Unet with an ImageNet EfficientNet-Lite0 encoder
+(installed offline by the `experiments` extra); everything else from configs/camvid_semi.yaml. CamVid
+is written once at `--size` (default 240x320: images antialiased, labels nearest) into
+`<work>/camvid-<H>x<W>`, and training and evaluation run on that copy. The labeled subsets are the
+class-balanced lists of configs/splits/ (`--make-splits` draws them).
 """
 
 import argparse
@@ -31,7 +32,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from tqdm import tqdm
 
-from seg_gan.bench.semi_table import tables
+from seg_gan.bench.semi_table import BATCHES, tables
 from seg_gan.cli import build_cli
 from seg_gan.data.camvid import CAMVID_CLASSES
 from seg_gan.data.io import read_image, read_label
@@ -69,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--labels", default="1-16", choices=list(LABELS), help="labeled subset (configs/splits)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--batches", type=int, default=1000, help="training batches per run")
+    parser.add_argument("--batches", type=int, default=BATCHES, help="training batches per run")
     parser.add_argument("--size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
     parser.add_argument("--semi-start", type=int, help="first self-training batch (default: batches // 4)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more CLI options for every run")
@@ -127,9 +128,27 @@ def make_splits(root: Path, folder: Path, min_pixels: int = 100) -> None:
         print(f"camvid_{name}_balanced.txt: {len(names)} frames (draw {tries} of seed 0 met the condition)")
 
 
+def run_name(arm: str, labels: str, seed: int, batches: int) -> str:
+    """`cutmix-1-16-seed0`, or `cutmix-1-16-seed0-b4000` for another length: runs of two lengths never
+    share a result file (an existing one is skipped) or a run folder."""
+    return f"{arm}-{labels}-seed{seed}" + ("" if batches == BATCHES else f"-b{batches}")
+
+
+def already_run(path: Path, batches: int) -> bool:
+    """Whether `path` holds this run's result. Exits with an error where it holds another length (a file
+    named before names held the length): skipping it would pass that run off as this one."""
+    if not path.is_file():
+        return False
+    found = json.loads(path.read_text()).get("batches")
+    if found != batches:
+        raise SystemExit(f"error: {path} holds a run of {found} batches, not the {batches} asked for; skipping "
+                         "it would report that run as this one. Expected --batches to match it, or --results to "
+                         "name a folder without it.")  # fmt: skip
+    return True
+
+
 def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> dict:
-    name = f"{arm}{options.tag}-{options.labels}-seed{seed}"
-    run_dir = options.work / "runs" / name
+    run_dir = options.work / "runs" / run_name(arm + options.tag, options.labels, seed, options.batches)
     semi_start = options.batches // 4 if options.semi_start is None else options.semi_start
     labels = ["--data.labeled_fraction", "1.0"] if arm == "full" else [
         "--data.labeled_list", str(REPO / "configs" / "splits" / f"camvid_{options.labels}_balanced.txt")]  # fmt: skip
@@ -207,19 +226,21 @@ def run(options: argparse.Namespace) -> None:
     if not options.table_only:
         if options.root is None:
             raise SystemExit("error: --root: give the CamVid folder (SegNet layout: train/, trainannot/, val/ ...).")
+        labels = {arm: "full" if arm == "full" else options.labels for arm in options.arms}
+        plan = [(seed, arm) for seed in options.seeds for arm in options.arms]  # seed-major: cut short, whole pairs
+        paths = [options.results / f"{run_name(arm + options.tag, labels[arm], seed, options.batches)}.json"
+                 for seed, arm in plan]  # fmt: skip
+        done = [already_run(path, options.batches) for path in paths]  # every refusal before any work
         options.work.mkdir(parents=True, exist_ok=True)
         options.results.mkdir(parents=True, exist_ok=True)
         weights = encoder_weights(options.work)
         options.data_root = scaled_copy(Path(options.root), options.work, options.size)
         torch.set_float32_matmul_precision("high")
-        for seed in options.seeds:  # seed-major: a cut-off grid keeps whole pairs
-            for arm in options.arms:
-                labels = "full" if arm == "full" else options.labels
-                path = options.results / f"{arm}{options.tag}-{labels}-seed{seed}.json"
-                if path.is_file():
-                    print(f"{path} exists: skipped")
-                    continue
-                result = run_arm(options, arm, seed, weights) | {"labels": labels}
-                path.write_text(json.dumps(result, indent=2) + "\n")
-                print(f"{arm} seed {seed}: val mIoU {result['val_mIoU']:.4f}, {result['train_s'] / 60:.1f} min")
+        for (seed, arm), path, skip in zip(plan, paths, done, strict=True):
+            if skip:
+                print(f"{path} exists: skipped")
+                continue
+            result = run_arm(options, arm, seed, weights) | {"labels": labels[arm]}
+            path.write_text(json.dumps(result, indent=2) + "\n")
+            print(f"{arm} seed {seed}: val mIoU {result['val_mIoU']:.4f}, {result['train_s'] / 60:.1f} min")
     print(tables(options.results))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from scipy import stats
 
+BATCHES = 1000  # the study's run length; runs of another length are rows of their own
 ORDER = ["supervised", "adversarial", "hung", "error", "s4gan", "confidence", "cutmix", "full"]
 
 
@@ -19,12 +20,28 @@ def load(folder: Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(Path(folder).glob("*.json"))]
 
 
-def paired(results: list[dict], arm: str, split: str) -> list[float]:
-    """arm minus supervised, for each seed both were run with (same labels, same number of batches: a shorter
-    probe never pairs with a full-length baseline)."""
-    key = lambda r: (r["seed"], r.get("batches"))  # noqa: E731
-    base = {key(r): r[f"{split}_mIoU"] for r in results if r["arm"] == "supervised"}
-    return [r[f"{split}_mIoU"] - base[key(r)] for r in results if r["arm"] == arm and key(r) in base]
+def method(arm: str) -> str:
+    """The arm a (possibly tagged) arm name runs: `cutmix-len2000` -> `cutmix`."""
+    return max((m for m in ORDER if arm == m or arm.startswith(m + "-")), key=len, default=arm)
+
+
+def baseline(results: list[dict], arm: str, batches: int) -> dict[int, float]:
+    """seed -> the supervised result `arm` is paired with: same labels, same number of batches (a shorter
+    probe never pairs with a full-length baseline), and the arm's tag where a supervised run carries it
+    (`cutmix-len2000` pairs with `supervised-len2000`, a probe without one with `supervised`)."""
+    tag = arm.removeprefix(method(arm))
+    for name in [f"supervised{tag}", "supervised"] if method(arm) != "supervised" else ["supervised"]:
+        found = {r["seed"]: r for r in results if r["arm"] == name and r.get("batches") == batches}
+        if found:
+            return found
+    return {}
+
+
+def paired(results: list[dict], arm: str, batches: int, split: str) -> list[float]:
+    """arm minus its supervised baseline, for each seed both were run with."""
+    base = baseline(results, arm, batches)
+    return [r[f"{split}_mIoU"] - base[r["seed"]][f"{split}_mIoU"] for r in results
+            if r["arm"] == arm and r.get("batches") == batches and r["seed"] in base]  # fmt: skip
 
 
 def interval(differences: list[float]) -> tuple[float, float, float] | None:
@@ -43,8 +60,8 @@ def summary(values: list[float]) -> str:
     return f"{statistics.mean(values) * 100:.1f}{spread}"
 
 
-def difference(results: list[dict], arm: str, split: str) -> str:
-    differences = paired(results, arm, split)
+def difference(results: list[dict], arm: str, batches: int, split: str) -> str:
+    differences = paired(results, arm, batches, split)
     found = interval(differences)
     if arm == "supervised" or not differences:
         return ""
@@ -56,19 +73,30 @@ def difference(results: list[dict], arm: str, split: str) -> str:
     return f"{mean * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}] {wins}/{len(differences)}{verdict}"
 
 
-def gap_closed(results: list[dict], full: list[dict], arm: str, split: str) -> str:
-    lengths = {r.get("batches") for r in results if r["arm"] == "supervised"}  # as in `paired`
-    base = [r[f"{split}_mIoU"] for r in results if r["arm"] == "supervised"]
-    top = [r[f"{split}_mIoU"] for r in full if r.get("batches") in lengths]
-    mine = [r[f"{split}_mIoU"] for r in results if r["arm"] == arm and r.get("batches") in lengths]
-    if arm in ("supervised", "full") or not (base and top and mine):
+def gap_closed(results: list[dict], full: list[dict], arm: str, batches: int, split: str) -> str:
+    """(arm - baseline) / (full - baseline) in means over seeds, all at the same number of batches."""
+    base = [r[f"{split}_mIoU"] for r in baseline(results, arm, batches).values()]
+    top = [r[f"{split}_mIoU"] for r in full if r.get("batches") == batches]
+    mine = [r[f"{split}_mIoU"] for r in results if r["arm"] == arm and r.get("batches") == batches]
+    if method(arm) in ("supervised", "full") or not (base and top and mine):
         return ""
     gap = statistics.mean(top) - statistics.mean(base)
     return f"{(statistics.mean(mine) - statistics.mean(base)) / gap:+.0%}" if gap > 0 else "n/a"
 
 
+def row_order(row: tuple[str, int]) -> tuple:
+    """The arms in ORDER, then the probes (tagged arms) grouped by tag, each group's supervised first."""
+    arm, batches = row
+    return arm.removeprefix(method(arm)), batches, ORDER.index(method(arm)) if method(arm) in ORDER else len(ORDER)
+
+
+def label(arm: str, batches: int) -> str:
+    return arm if batches == BATCHES else f"{arm} ({batches} batches)"
+
+
 def tables(folder: Path) -> str:
-    """Markdown tables of every labeled subset in `folder` (mIoU in points, mean ± std over seeds)."""
+    """Markdown tables of every labeled subset in `folder` (mIoU in points, mean ± std over seeds); one row
+    per arm and run length."""
     everything = load(folder)
     if not everything:
         return f"no result files in {folder} yet: run python -m seg_gan.bench semi --root /path/to/CamVid ..."
@@ -76,43 +104,46 @@ def tables(folder: Path) -> str:
     out = []
     for labels in sorted({r["labels"] for r in everything if r["labels"] != "full"}):
         results = [r for r in everything if r["labels"] == labels] + full
-        arms = [a for a in ORDER if any(r["arm"] == a for r in results)]
-        arms += sorted({r["arm"] for r in results} - set(arms))  # probes (tagged arms) last
+        rows = sorted({(r["arm"], r.get("batches")) for r in results}, key=row_order)
         header = ("| arm | seeds | val mIoU | test mIoU | val: paired diff to supervised [95% CI] wins | "
                   "test: paired diff [95% CI] wins | gap closed (val / test) |")  # fmt: skip
         out += [f"\n### CamVid, {labels} of the labels", "", header, "|---|---|---|---|---|---|---|"]
-        for arm in arms:
-            runs = [r for r in results if r["arm"] == arm]
+        for arm, batches in rows:
+            runs = [r for r in results if r["arm"] == arm and r.get("batches") == batches]
             seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
-            gap = f"{gap_closed(results, full, arm, 'val')} / {gap_closed(results, full, arm, 'test')}"
-            out.append(f"| {arm} | {seeds} | {summary([r['val_mIoU'] for r in runs])} | "
-                       f"{summary([r['test_mIoU'] for r in runs])} | {difference(results, arm, 'val')} | "
-                       f"{difference(results, arm, 'test')} | {gap if gap != ' / ' else ''} |")  # fmt: skip
-        out += ["", per_class(results, arms), "", mask_table(results, arms)]
+            gap = [gap_closed(results, full, arm, batches, split) for split in ("val", "test")]
+            means = [summary([r[f"{split}_mIoU"] for r in runs]) for split in ("val", "test")]
+            differences = [difference(results, arm, batches, split) for split in ("val", "test")]
+            out.append(f"| {label(arm, batches)} | {seeds} | {' | '.join(means)} | {' | '.join(differences)} | "
+                       f"{' / '.join(gap) if any(gap) else ''} |")  # fmt: skip
+        out += ["", per_class(results, rows), "", mask_table(results, rows)]
     return "\n".join(out)
 
 
-def per_class(results: list[dict], arms: list[str]) -> str:
+def per_class(results: list[dict], rows: list[tuple[str, int]]) -> str:
     classes = list(results[0]["test_iou"])
-    lines = ["| test IoU % | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    lines = ["| test IoU % | " + " | ".join(label(*row) for row in rows) + " |", "|---" * (len(rows) + 1) + "|"]
     for name in classes:
         cells = []
-        for arm in arms:
-            values = [
-                r["test_iou"][name] for r in results if r["arm"] == arm and r["test_iou"][name] == r["test_iou"][name]
-            ]
+        for arm, batches in rows:
+            values = [r["test_iou"][name] for r in results if r["arm"] == arm and r.get("batches") == batches
+                      and r["test_iou"][name] == r["test_iou"][name]]  # fmt: skip
             cells.append(f"{statistics.mean(values) * 100:.1f}" if values else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def mask_table(results: list[dict], arms: list[str]) -> str:
+def mask_table(results: list[dict], rows: list[tuple[str, int]]) -> str:
+    """Means over seeds of the logged mask and D figures; a mask that was empty in every logged batch has no
+    precision, and says so instead of a dash (which would read as a figure not logged)."""
     keys = ["semi_mask_precision", "softmax_mask_precision_same_coverage", "semi_mask_coverage", "d_accuracy"]
     lines = ["| arm | mask precision | G's softmax precision at that coverage | mask coverage | D accuracy |",
              "|---|---|---|---|---|"]  # fmt: skip
-    for arm in arms:
-        runs = [r["diagnostics"] for r in results if r["arm"] == arm]
+    for arm, batches in rows:
+        runs = [r["diagnostics"] for r in results if r["arm"] == arm and r.get("batches") == batches]
         cells = [f"{statistics.mean(v):.3f}" if (v := [d[k] for d in runs if k in d]) else "-" for k in keys]
+        if cells[2] == "0.000" and cells[0] == "-":
+            cells[:2] = ["(empty mask)", "(empty mask)"]
         if any(cell != "-" for cell in cells):
-            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label(arm, batches)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
