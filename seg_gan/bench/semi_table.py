@@ -1,9 +1,9 @@
 """The semi-supervised study's tables, built only from the result files (one JSON per arm, labels, seed).
 
-Per labeled subset and arm: mean and std of val and test mIoU; the paired difference to the supervised
-arm (same seeds only) with its 95% t-interval and sign count; the share of the supervised-to-full gap
-closed; then per-class test IoU and the mask diagnostics. A gain is claimed only where the interval
-excludes zero.
+Per labeled subset, arm and run length: mean and std of val and test mIoU; the paired difference to the
+supervised arm (same seeds and length only) with its 95% t-interval and sign count; the share of the
+supervised-to-full gap closed; then per-class test IoU and the mask diagnostics. A gain is claimed only
+where the interval excludes zero.
 """
 
 import json
@@ -25,7 +25,7 @@ def method(arm: str) -> str:
     return max((m for m in ORDER if arm == m or arm.startswith(m + "-")), key=len, default=arm)
 
 
-def baseline(results: list[dict], arm: str, batches: int) -> dict[int, float]:
+def baseline(results: list[dict], arm: str, batches: int) -> dict[int, dict]:
     """seed -> the supervised result `arm` is paired with: same labels, same number of batches (a shorter
     probe never pairs with a full-length baseline), and the arm's tag where a supervised run carries it
     (`cutmix-len2000` pairs with `supervised-len2000`, a probe without one with `supervised`)."""
