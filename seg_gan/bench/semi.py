@@ -46,6 +46,8 @@ ARMS = {  # arm -> model/data options on top of configs/camvid_semi.yaml (Hung e
     "supervised": ["--model.lambda_adv", "0", *NO_UNLABELED],
     "adversarial": NO_UNLABELED,  # Hung et al.'s labeled adversarial term only
     "hung": [],  # Hung et al. 2018 semi-supervised
+    # Hung's arm with the stabiliser picked by 300-batch probes (bench README): keeps D's accuracy in 0.6-0.85
+    "hung-noise": ["--model.instance_noise", "0.3"],
     # error-predicting D (Ke et al. 2020, Samson et al. 2019) in Hung's scheme: sigmoid(D) = P(G right)
     "error": ["--model.discriminator_target", "correct", "--model.mask_threshold", "0.9"],
     # s4GAN as published for Cityscapes (Mittal et al. 2019; their code's README): no adversarial term,

@@ -13,7 +13,7 @@ from pathlib import Path
 from scipy import stats
 
 BATCHES = 1000  # the study's run length; runs of another length are rows of their own
-ORDER = ["supervised", "adversarial", "hung", "error", "s4gan", "confidence", "cutmix", "full"]
+ORDER = ["supervised", "adversarial", "hung", "hung-noise", "error", "s4gan", "confidence", "cutmix", "full"]
 
 
 def load(folder: Path) -> list[dict]:
