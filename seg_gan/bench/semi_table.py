@@ -25,13 +25,18 @@ def method(arm: str) -> str:
     return max((m for m in ORDER if arm == m or arm.startswith(m + "-")), key=len, default=arm)
 
 
+def runs_of(results: list[dict], arm: str, batches: int) -> list[dict]:
+    """The results of one table row: that arm (tag included) at that run length."""
+    return [r for r in results if r["arm"] == arm and r.get("batches") == batches]
+
+
 def baseline(results: list[dict], arm: str, batches: int) -> dict[int, dict]:
     """seed -> the supervised result `arm` is paired with: same labels, same number of batches (a shorter
     probe never pairs with a full-length baseline), and the arm's tag where a supervised run carries it
     (`cutmix-len2000` pairs with `supervised-len2000`, a probe without one with `supervised`)."""
-    tag = arm.removeprefix(method(arm))
-    for name in [f"supervised{tag}", "supervised"] if method(arm) != "supervised" else ["supervised"]:
-        found = {r["seed"]: r for r in results if r["arm"] == name and r.get("batches") == batches}
+    kind = method(arm)
+    for name in [f"supervised{arm.removeprefix(kind)}", "supervised"] if kind != "supervised" else ["supervised"]:
+        found = {r["seed"]: r for r in runs_of(results, name, batches)}
         if found:
             return found
     return {}
@@ -40,8 +45,8 @@ def baseline(results: list[dict], arm: str, batches: int) -> dict[int, dict]:
 def paired(results: list[dict], arm: str, batches: int, split: str) -> list[float]:
     """arm minus its supervised baseline, for each seed both were run with."""
     base = baseline(results, arm, batches)
-    return [r[f"{split}_mIoU"] - base[r["seed"]][f"{split}_mIoU"] for r in results
-            if r["arm"] == arm and r.get("batches") == batches and r["seed"] in base]  # fmt: skip
+    return [r[f"{split}_mIoU"] - base[r["seed"]][f"{split}_mIoU"] for r in runs_of(results, arm, batches)
+            if r["seed"] in base]  # fmt: skip
 
 
 def interval(differences: list[float]) -> tuple[float, float, float] | None:
@@ -77,7 +82,7 @@ def gap_closed(results: list[dict], full: list[dict], arm: str, batches: int, sp
     """(arm - baseline) / (full - baseline) in means over seeds, all at the same number of batches."""
     base = [r[f"{split}_mIoU"] for r in baseline(results, arm, batches).values()]
     top = [r[f"{split}_mIoU"] for r in full if r.get("batches") == batches]
-    mine = [r[f"{split}_mIoU"] for r in results if r["arm"] == arm and r.get("batches") == batches]
+    mine = [r[f"{split}_mIoU"] for r in runs_of(results, arm, batches)]
     if method(arm) in ("supervised", "full") or not (base and top and mine):
         return ""
     gap = statistics.mean(top) - statistics.mean(base)
@@ -87,7 +92,8 @@ def gap_closed(results: list[dict], full: list[dict], arm: str, batches: int, sp
 def row_order(row: tuple[str, int]) -> tuple:
     """The arms in ORDER, then the probes (tagged arms) grouped by tag, each group's supervised first."""
     arm, batches = row
-    return arm.removeprefix(method(arm)), batches, ORDER.index(method(arm)) if method(arm) in ORDER else len(ORDER)
+    kind = method(arm)
+    return arm.removeprefix(kind), batches, ORDER.index(kind) if kind in ORDER else len(ORDER)
 
 
 def label(arm: str, batches: int) -> str:
@@ -109,7 +115,7 @@ def tables(folder: Path) -> str:
                   "test: paired diff [95% CI] wins | gap closed (val / test) |")  # fmt: skip
         out += [f"\n### CamVid, {labels} of the labels", "", header, "|---|---|---|---|---|---|---|"]
         for arm, batches in rows:
-            runs = [r for r in results if r["arm"] == arm and r.get("batches") == batches]
+            runs = runs_of(results, arm, batches)
             seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
             gap = [gap_closed(results, full, arm, batches, split) for split in ("val", "test")]
             means = [summary([r[f"{split}_mIoU"] for r in runs]) for split in ("val", "test")]
@@ -125,9 +131,8 @@ def per_class(results: list[dict], rows: list[tuple[str, int]]) -> str:
     lines = ["| test IoU % | " + " | ".join(label(*row) for row in rows) + " |", "|---" * (len(rows) + 1) + "|"]
     for name in classes:
         cells = []
-        for arm, batches in rows:
-            values = [r["test_iou"][name] for r in results if r["arm"] == arm and r.get("batches") == batches
-                      and r["test_iou"][name] == r["test_iou"][name]]  # fmt: skip
+        for row in rows:
+            values = [v for r in runs_of(results, *row) if (v := r["test_iou"][name]) == v]  # nan: class absent
             cells.append(f"{statistics.mean(values) * 100:.1f}" if values else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -139,11 +144,11 @@ def mask_table(results: list[dict], rows: list[tuple[str, int]]) -> str:
     keys = ["semi_mask_precision", "softmax_mask_precision_same_coverage", "semi_mask_coverage", "d_accuracy"]
     lines = ["| arm | mask precision | G's softmax precision at that coverage | mask coverage | D accuracy |",
              "|---|---|---|---|---|"]  # fmt: skip
-    for arm, batches in rows:
-        runs = [r["diagnostics"] for r in results if r["arm"] == arm and r.get("batches") == batches]
+    for row in rows:
+        runs = [r["diagnostics"] for r in runs_of(results, *row)]
         cells = [f"{statistics.mean(v):.3f}" if (v := [d[k] for d in runs if k in d]) else "-" for k in keys]
-        if cells[2] == "0.000" and cells[0] == "-":
+        if runs and all(d.get("semi_mask_coverage") == 0 and keys[0] not in d for d in runs):
             cells[:2] = ["(empty mask)", "(empty mask)"]
         if any(cell != "-" for cell in cells):
-            lines.append(f"| {label(arm, batches)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label(*row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
