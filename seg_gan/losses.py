@@ -116,7 +116,8 @@ def discriminator_accuracy(
     real_logits: torch.Tensor, fake_logits: torch.Tensor, real_weight: torch.Tensor, fake_weight: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """GAN-health figures of one D step: mean D probability on real (`d_real`) and fake (`d_fake`) maps
-    over the weighted pixels, and the share of weighted pixels D puts on the right side (`d_accuracy`)."""
+    over the weighted pixels, and the share of weighted pixels D puts on the right side (`d_accuracy`).
+    Scored against the true roles: `flip_labels` swaps only what D's loss sees."""
     with torch.no_grad():
         right = ((real_logits > 0) * real_weight).sum() + ((fake_logits < 0) * fake_weight).sum()
         return {
