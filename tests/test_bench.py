@@ -100,6 +100,27 @@ def test_semi_run_whose_name_ran_before_reads_its_own_metrics(tmp_path):
         assert saved["batches"] == 1 and 0 <= saved["val_mIoU"] <= 1
 
 
+def test_semi_diagnostics_record_d_band_drift_and_mask_against_softmax(tmp_path):
+    # the GPU grid keeps only the result files: D's course over the run must be in them, counted by hand here
+    from seg_gan.bench.semi import diagnostics
+
+    rows = ["epoch,step,train/d_accuracy,train/semi_mask_precision,train/softmax_mask_precision_same_coverage,"
+            "val/mIoU",
+            "0,9,0.95,,,",  # before self-training (semi_start 20): outside the band share
+            "0,19,0.90,0.80,0.90,",  # mask less precise
+            "0,29,0.70,0.90,0.90,",  # a tie is not less precise
+            "0,39,0.86,nan,0.95,",  # an empty mask has no precision: not counted
+            "0,49,0.60,0.85,0.95,",  # less precise; 0.6 is in the band; last quarter: steps 30 to 39 and on
+            "0,49,,,,0.5"]  # fmt: skip  # a validation row: no training figures
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    figures = diagnostics(csv, semi_start=20, batches=40)  # rounded to 4 places
+    assert figures["d_accuracy"] == pytest.approx((0.95 + 0.90 + 0.70 + 0.86 + 0.60) / 5, abs=1e-4)
+    assert figures["d_accuracy_in_band"] == pytest.approx(2 / 3, abs=1e-4)  # steps 29, 39, 49: 0.70, 0.60 in
+    assert figures["d_accuracy_last_quarter"] == pytest.approx((0.86 + 0.60) / 2, abs=1e-4)  # steps >= 30
+    assert figures["mask_less_precise_than_softmax"] == pytest.approx(2 / 3, abs=1e-4)  # of 3 rows with both
+
+
 def test_semi_result_of_another_length_is_refused_not_skipped(tmp_path):
     # a result file named before names held the length must not pass for the run asked for
     import argparse
@@ -160,7 +181,8 @@ def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
         write("supervised-len2000", "1-16", seed, base, base, batches=2000)
         write("cutmix-len2000", "1-16", seed, mixed, mixed, batches=2000)
     write("cutmix", "1-16", 0, 0.58, 0.58, batches=2000)  # untagged at 2000: no supervised run of its own
-    write("s4gan", "1-16", 0, 0.50, 0.49, diagnostics={"semi_mask_coverage": 0.0, "d_accuracy": 0.5})
+    s4gan = {"semi_mask_coverage": 0.0, "d_accuracy": 0.5, "d_accuracy_last_quarter": 0.8, "d_accuracy_in_band": 0.25}
+    write("s4gan", "1-16", 0, 0.50, 0.49, diagnostics=s4gan)
     main, classes, masks = tables(tmp_path).strip().split("\n\n")[1:4]  # after the heading
     rows = {line.split(" | ")[0].strip("| "): line for line in (main + "\n" + classes).splitlines()}
     assert "| 0,1,2 | 51.0 ± 1.0 | 50.0 ± 1.0 |" in rows["supervised"]
@@ -171,8 +193,9 @@ def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     assert "| +50% / +60% |" in rows["cutmix"]  # (56 - 51) / (61 - 51) on val; (56 - 50) / (60 - 50) on test
     assert rows["full"].startswith("| full | 0 | 61.0 | 60.0 |")
     assert rows["Bicyclist"].endswith("| - | - | - |")  # nan: absent in every run
-    assert "| cutmix | 0.900 | - | - | - |" in masks
-    assert "| s4gan | (empty mask) | (empty mask) | 0.000 | 0.500 |" in masks  # no precision: never selected
+    assert "| cutmix | 0.900 | - | - | - | - | - | - |" in masks
+    # no precision (never selected); the band figures come from the diagnostics, absent ones read "-"
+    assert "| s4gan | (empty mask) | (empty mask) | 0.000 | - | 0.500 | 0.800 | 0.250 |" in masks
     assert rows["error-probe300 (300 batches)"] == "| error-probe300 (300 batches) | 0 | 40.0 | 40.0 |  |  |  |"
     # the tagged pair pairs with its own supervised runs (differences 2 and 3 points), not the 1000-batch ones
     assert "| 0,1 | 56.0 ± 1.4 | 56.0 ± 1.4 | +2.5 [-3.9, +8.9] 2/2 |" in rows["cutmix-len2000 (2000 batches)"]

@@ -65,6 +65,7 @@ ARMS = {  # arm -> model/data options on top of configs/camvid_semi.yaml (Hung e
 }  # fmt: skip
 DIAGNOSTICS = ["train/semi_mask_precision", "train/semi_mask_coverage", "train/softmax_mask_precision_same_coverage",
                "train/semi_mask_ratio", "train/d_accuracy", "train/loss_d_hung_scale"]  # fmt: skip
+D_BAND = (0.6, 0.85)  # D accuracy of a D that neither wins at once nor is fooled (the issue's band for Hung's D)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,7 +178,7 @@ def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> 
         result = metrics.compute()
         ious = dict(zip(result.class_names, result.iou.tolist(), strict=True))
         scores |= {f"{split}_mIoU": result.miou, f"{split}_iou": ious}
-    logged = diagnostics(Path(cli.trainer.logger.experiment.metrics_file_path))  # this run's file
+    logged = diagnostics(Path(cli.trainer.logger.experiment.metrics_file_path), semi_start, options.batches)
     return {
         "arm": arm + options.tag, "labels": options.labels, "seed": seed, "batches": options.batches,
         "labeled_images": len(cli.datamodule.train_set), **scores, "diagnostics": logged,
@@ -206,17 +207,33 @@ def optimizer_steps(arm: str) -> int:
     return 1 if no_adversary and "s4gan" not in options else 2
 
 
-def diagnostics(metrics_csv: Path) -> dict[str, float]:
+def diagnostics(metrics_csv: Path, semi_start: int, batches: int) -> dict[str, float]:
     """Means over the run's logged rows (its CSVLogger's file: an earlier run of the same name, such as
-    semi_grid.sh's one-batch preparation, has its own version folder) of the GAN-health and mask figures."""
+    semi_grid.sh's one-batch preparation, has its own version folder) of the GAN-health and mask figures;
+    and, so that the result file alone shows D's course: the share of logged batches from `semi_start` on
+    with D's accuracy in `D_BAND` (`d_accuracy_in_band`), D's mean accuracy over the last quarter of the
+    `batches` (`d_accuracy_last_quarter`: drift), and the share of logged batches whose mask was strictly
+    less precise than G's softmax at the same coverage (`mask_less_precise_than_softmax`)."""
     import csv
 
     rows = list(csv.DictReader(metrics_csv.open()))
+    number = lambda row, key: float(row[key]) if row.get(key) and float(row[key]) == float(row[key]) else None  # noqa: E731
     means = {}
     for key in DIAGNOSTICS:
-        values = [float(r[key]) for r in rows if r.get(key) and float(r[key]) == float(r[key])]
+        values = [v for r in rows if (v := number(r, key)) is not None]
         if values:
             means[key.removeprefix("train/")] = round(statistics.mean(values), 4)
+    # the CSV's step column counts batches (Lightning logs at the batches that stepped, not optimizer steps)
+    accuracy = [(int(r["step"]), v) for r in rows if (v := number(r, "train/d_accuracy")) is not None]
+    late = [v for step, v in accuracy if step >= semi_start]
+    if late:
+        means["d_accuracy_in_band"] = round(sum(D_BAND[0] <= v <= D_BAND[1] for v in late) / len(late), 4)
+    if last := [v for step, v in accuracy if step >= batches - batches // 4]:
+        means["d_accuracy_last_quarter"] = round(statistics.mean(last), 4)
+    pairs = [(a, b) for r in rows if (a := number(r, "train/semi_mask_precision")) is not None
+             and (b := number(r, "train/softmax_mask_precision_same_coverage")) is not None]  # fmt: skip
+    if pairs:
+        means["mask_less_precise_than_softmax"] = round(sum(a < b for a, b in pairs) / len(pairs), 4)
     return means
 
 

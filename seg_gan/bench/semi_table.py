@@ -139,11 +139,15 @@ def per_class(results: list[dict], rows: list[tuple[str, int]]) -> str:
 
 
 def mask_table(results: list[dict], rows: list[tuple[str, int]]) -> str:
-    """Means over seeds of the logged mask and D figures; a mask that was empty in every logged batch has no
+    """Means over seeds of the logged mask and D figures (the shares of batches: from self-training's start
+    for D's band, `seg_gan.bench.semi.diagnostics`); a mask that was empty in every logged batch has no
     precision, and says so instead of a dash (which would read as a figure not logged)."""
-    keys = ["semi_mask_precision", "softmax_mask_precision_same_coverage", "semi_mask_coverage", "d_accuracy"]
-    lines = ["| arm | mask precision | G's softmax precision at that coverage | mask coverage | D accuracy |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    keys = ["semi_mask_precision", "softmax_mask_precision_same_coverage", "semi_mask_coverage",
+            "mask_less_precise_than_softmax", "d_accuracy", "d_accuracy_last_quarter",
+            "d_accuracy_in_band"]  # fmt: skip
+    lines = ["| arm | mask precision | G's softmax precision at that coverage | mask coverage | share of batches "
+             "mask less precise | D accuracy | D accuracy, last quarter | share of batches D in 0.6-0.85 |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
         runs = [r["diagnostics"] for r in runs_of(results, *row)]
         cells = [f"{statistics.mean(v):.3f}" if (v := [d[k] for d in runs if k in d]) else "-" for k in keys]
