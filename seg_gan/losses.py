@@ -227,24 +227,25 @@ def box_mask(batch: int, size: tuple[int, int], area: float = 0.5, generator: to
 def mask_precision(mask: torch.Tensor, pseudo: torch.Tensor, hidden: torch.Tensor, ignore_index: int):
     """How good a self-training mask is, measured against labels the training never sees: (precision, the
     share of masked pixels whose pseudo-label equals the hidden label; coverage, the share of labelled
-    pixels masked). All [B, H, W]; pixels whose hidden label is void do not count. nan precision if none."""
+    pixels masked). All [B, H, W]; pixels whose hidden label is void do not count. 0 / 0 gives nan: precision
+    with no masked labelled pixel, both with no labelled pixel (no host-device synchronisation)."""
     with torch.no_grad():
         valid = hidden != ignore_index
         chosen = mask & valid
         right = (chosen & (pseudo == hidden)).sum()
-        return right / chosen.sum().clamp(min=1) if chosen.any() else torch.tensor(float("nan")), (
-            chosen.sum() / valid.sum().clamp(min=1)
-        )
+        return right / chosen.sum().float(), chosen.sum() / valid.sum().float()
 
 
 def precision_at_coverage(confidence: torch.Tensor, pseudo: torch.Tensor, hidden: torch.Tensor,
                           coverage: float | torch.Tensor, ignore_index: int) -> torch.Tensor:  # fmt: skip
     """Precision of the `coverage` share of labelled pixels with the highest `confidence` (e.g. G's max
-    softmax, [B, H, W]): the mask another method would need to match at equal coverage. nan if it is empty."""
+    softmax, [B, H, W]): the mask another method would need to match at equal coverage. nan if it is empty
+    (coverage 0 or nan)."""
     with torch.no_grad():
         valid = hidden != ignore_index
-        count = round(float(coverage) * int(valid.sum()))
+        share = float(coverage)
+        count = round(share * int(valid.sum())) if share == share else 0
         if count == 0:
-            return torch.tensor(float("nan"))
+            return torch.full((), float("nan"), device=confidence.device)
         top = confidence[valid].topk(count).indices
         return (pseudo[valid][top] == hidden[valid][top]).float().mean()

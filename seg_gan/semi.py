@@ -132,16 +132,15 @@ def cutmix(model, out, batches_done: int) -> tuple[dict, dict]:
 
 def diagnostics(mask, pseudo, confidence, hidden, ignore_index: int) -> dict:
     """The mask's precision and coverage against the hidden labels, and the precision of the most confident
-    pixels by G's own softmax at the same coverage ({} without hidden labels or labelled pixels)."""
-    if hidden is None or not (hidden != ignore_index).any():
+    pixels by G's own softmax at the same coverage ({} without hidden labels). All three every batch, nan
+    where there is nothing to count (an empty mask; no labelled pixel): a key left out of one batch's log
+    would repeat an earlier batch's value in the logger's row for it."""
+    if hidden is None:
         return {}
     precision, coverage = mask_precision(mask, pseudo, hidden, ignore_index)
-    figures = {"train/semi_mask_coverage": coverage}
-    if precision == precision:  # nan: the mask holds no labelled pixel
-        figures["train/semi_mask_precision"] = precision
-        same = precision_at_coverage(confidence, pseudo, hidden, coverage, ignore_index)
-        figures["train/softmax_mask_precision_same_coverage"] = same
-    return figures
+    same = precision_at_coverage(confidence, pseudo, hidden, coverage, ignore_index)
+    return {"train/semi_mask_coverage": coverage, "train/semi_mask_precision": precision,
+            "train/softmax_mask_precision_same_coverage": same}  # fmt: skip
 
 
 def colour_jitter(images: torch.Tensor, strength: float) -> torch.Tensor:

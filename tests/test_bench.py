@@ -72,15 +72,14 @@ def test_semi_benchmark_scales_camvid_once(camvid_root, tmp_path):
     assert scaled_copy(camvid_root, tmp_path, [24, 32]) == copy and (copy / "DONE").stat().st_mtime_ns == stamp
 
 
-def test_semi_run_whose_name_ran_before_reads_its_own_metrics(tmp_path):
-    # semi_grid.sh's one-batch preparation and the grid's first run share a name (so a run folder): the
-    # second run must read its own metrics file and finish (it crashed on two metrics.csv under one folder)
+def semi_bench(tmp_path):
+    """(parse, the options every tiny run shares): CamVid of 2 training frames, random encoder weights."""
     import argparse
 
     import segmentation_models_pytorch as smp
     from conftest import write_camvid
 
-    from seg_gan.bench.semi import add_arguments, run
+    from seg_gan.bench.semi import add_arguments
 
     root = write_camvid(tmp_path / "camvid", {"train": 2, "val": 1, "test": 1})
     work = tmp_path / "work"
@@ -89,11 +88,21 @@ def test_semi_run_whose_name_ran_before_reads_its_own_metrics(tmp_path):
     torch.save(encoder.state_dict(), work / "effnet_lite0_encoder.pth")  # stands in for the ImageNet weights
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    common = ["--root", str(root), "--work", str(work), "--arms", "full", "--seeds", "0", "--size", "32", "32"]
+    common = ["--root", str(root), "--work", str(work), "--seeds", "0", "--size", "32", "32", "--batches", "1"]
+    tiny = ["--data.num_workers", "0", "--data.persistent_workers", "false", "--data.crop_size", "[32, 32]",
+            "--data.batch_size", "2"]  # fmt: skip
+    return parser.parse_args, common, tiny
+
+
+def test_semi_run_whose_name_ran_before_reads_its_own_metrics(tmp_path):
+    # semi_grid.sh's one-batch preparation and the grid's first run share a name (so a run folder): the
+    # second run must read its own metrics file and finish (it crashed on two metrics.csv under one folder)
+    from seg_gan.bench.semi import run
+
+    parse, common, tiny = semi_bench(tmp_path)
+    work = tmp_path / "work"
     for results in ["prepare", "grid"]:
-        run(parser.parse_args([*common, "--batches", "1", "--results", str(tmp_path / results),
-                               "--extra", "--data.num_workers", "0", "--data.persistent_workers", "false",
-                               "--data.crop_size", "[32, 32]", "--data.batch_size", "2"]))  # fmt: skip
+        run(parse([*common, "--arms", "full", "--results", str(tmp_path / results), "--extra", *tiny]))
     assert len(list((work / "runs" / "full-1-16-seed0-b1").rglob("metrics.csv"))) == 2
     for results in ["prepare", "grid"]:
         saved = json.loads((tmp_path / results / "full-full-seed0-b1.json").read_text())  # the length in the name
@@ -119,6 +128,22 @@ def test_semi_diagnostics_record_d_band_drift_and_mask_against_softmax(tmp_path)
     assert figures["d_accuracy_in_band"] == pytest.approx(2 / 3, abs=1e-4)  # steps 29, 39, 49: 0.70, 0.60 in
     assert figures["d_accuracy_last_quarter"] == pytest.approx((0.86 + 0.60) / 2, abs=1e-4)  # steps >= 30
     assert figures["mask_less_precise_than_softmax"] == pytest.approx(2 / 3, abs=1e-4)  # of 3 rows with both
+
+
+@pytest.mark.parametrize("arm, extra", [
+    ("supervised", ["--model.lambda_adv", "0.01"]),  # builds a D: two optimizer steps per batch, not one
+    ("hung", ["--model.d_every_n_batches", "2"]),  # 1.5 steps per batch
+])  # fmt: skip
+def test_semi_extra_options_that_change_the_run_length_are_refused(tmp_path, arm, extra):
+    # the length is set as optimizer steps (--trainer.max_steps): another count per batch would train another
+    # number of batches than the result file says
+    from seg_gan.bench.semi import run
+
+    parse, common, tiny = semi_bench(tmp_path)
+    with pytest.raises(SystemExit, match="changes the optimizer steps per batch"):
+        run(parse([*common, "--arms", arm, "--results", str(tmp_path / "out"), "--extra", *tiny, *extra]))
+    assert not list((tmp_path / "out").glob("*.json"))
+    assert not list((tmp_path / "work").rglob("metrics.csv"))  # refused before training
 
 
 def test_semi_result_of_another_length_is_refused_not_skipped(tmp_path):
@@ -181,6 +206,8 @@ def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
         write("supervised-len2000", "1-16", seed, base, base, batches=2000)
         write("cutmix-len2000", "1-16", seed, mixed, mixed, batches=2000)
     write("cutmix", "1-16", 0, 0.58, 0.58, batches=2000)  # untagged at 2000: no supervised run of its own
+    for seed, tagged in enumerate([0.40, 0.42]):  # a supervised probe: no arm to compare, so no difference
+        write("supervised-x", "1-16", seed, tagged, tagged)
     s4gan = {"semi_mask_coverage": 0.0, "d_accuracy": 0.5, "d_accuracy_last_quarter": 0.8, "d_accuracy_in_band": 0.25}
     write("s4gan", "1-16", 0, 0.50, 0.49, diagnostics=s4gan)
     main, classes, masks = tables(tmp_path).strip().split("\n\n")[1:4]  # after the heading
@@ -192,6 +219,7 @@ def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     assert "+5.0 [+2.5, +7.5] 3/3 gain" in rows["cutmix"]
     assert "| +50% / +60% |" in rows["cutmix"]  # (56 - 51) / (61 - 51) on val; (56 - 50) / (60 - 50) on test
     assert rows["full"].startswith("| full | 0 | 61.0 | 60.0 |")
+    assert rows["supervised-x"].endswith("| 0,1 | 41.0 ± 1.4 | 41.0 ± 1.4 |  |  |  |")
     assert rows["Bicyclist"].endswith("| - | - | - |")  # nan: absent in every run
     assert "| cutmix | 0.900 | - | - | - | - | - | - |" in masks
     # no precision (never selected); the band figures come from the diagnostics, absent ones read "-"
@@ -202,6 +230,25 @@ def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     assert rows["cutmix (2000 batches)"].endswith("| 58.0 | 58.0 |  |  |  |")  # nothing of its length to pair
     assert rows["supervised-len2000 (2000 batches)"].endswith("|  |  |  |")
     assert list(rows).index("supervised-len2000 (2000 batches)") < list(rows).index("cutmix-len2000 (2000 batches)")
+
+
+def test_semi_gap_closed_counts_the_seeds_an_arm_shares_with_supervised(tmp_path):
+    # a grid cut short: supervised has 5 seeds, the arm 2; unpaired means would call the arm's gain a loss
+    from seg_gan.bench.semi_table import tables
+
+    def write(arm, labels, seed, miou):
+        result = {"arm": arm, "labels": labels, "seed": seed, "val_mIoU": miou, "test_mIoU": miou, "batches": 1000,
+                  "val_iou": {"Sky": miou}, "test_iou": {"Sky": miou}, "diagnostics": {}}  # fmt: skip
+        (tmp_path / f"{arm}-{labels}-seed{seed}.json").write_text(json.dumps(result))
+
+    for seed, miou in enumerate([0.40, 0.42, 0.44, 0.46, 0.48]):
+        write("supervised", "1-16", seed, miou)
+    write("cutmix", "1-16", 0, 0.41)
+    write("cutmix", "1-16", 1, 0.43)
+    write("full", "full", 0, 0.60)
+    row = next(line for line in tables(tmp_path).splitlines() if line.startswith("| cutmix |"))
+    # +1.0 on seeds 0 and 1, whose supervised mean is 41.0: 1.0 / (60 - 41) = +5%, not (42 - 44) / 16 = -12%
+    assert row.endswith("| +5% / +5% |")
 
 
 def test_class_balanced_labeled_lists():

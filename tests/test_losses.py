@@ -184,3 +184,24 @@ def test_mask_precision_and_precision_at_coverage_by_hand():
     confidence = torch.tensor([[[0.9, 0.1, 0.8, 1.0], [0.7, 0.2, 0.6, 0.3]]])  # top-4 labelled: 0.9, 0.8, 0.7, 0.6
     assert float(precision_at_coverage(confidence, pseudo, hidden, 4 / 7, 255)) == pytest.approx(4 / 4)
     assert torch.isnan(mask_precision(torch.zeros_like(mask), pseudo, hidden, 255)[0])
+    void = torch.full_like(hidden, 255)  # no labelled pixel: nothing to count, not a coverage of 0
+    assert all(torch.isnan(figure) for figure in mask_precision(mask, pseudo, void, 255))
+    assert torch.isnan(precision_at_coverage(confidence, pseudo, void, float("nan"), 255))
+
+
+def test_mask_diagnostics_log_every_figure_every_batch():
+    # a figure missing from one batch's log would repeat an earlier batch's value in the logger's row
+    from seg_gan.semi import diagnostics
+
+    hidden = torch.tensor([[[0, 1, 2, 255]]])
+    pseudo, confidence = torch.tensor([[[0, 0, 2, 1]]]), torch.tensor([[[0.9, 0.8, 0.7, 0.6]]])
+    keys = {"train/semi_mask_precision", "train/semi_mask_coverage", "train/softmax_mask_precision_same_coverage"}
+    everywhere, nowhere = torch.ones_like(hidden, dtype=torch.bool), torch.zeros_like(hidden, dtype=torch.bool)
+    full = diagnostics(everywhere, pseudo, confidence, hidden, 255)
+    assert set(full) == keys and float(full["train/semi_mask_precision"]) == pytest.approx(2 / 3)
+    assert float(full["train/semi_mask_coverage"]) == 1.0
+    empty = diagnostics(nowhere, pseudo, confidence, hidden, 255)
+    assert set(empty) == keys and float(empty["train/semi_mask_coverage"]) == 0.0
+    assert torch.isnan(empty["train/semi_mask_precision"])
+    assert torch.isnan(empty["train/softmax_mask_precision_same_coverage"])
+    assert diagnostics(everywhere, pseudo, confidence, None, 255) == {}  # no labels on disk: nothing logged

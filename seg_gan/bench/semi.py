@@ -168,6 +168,14 @@ def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> 
         *ARMS[arm], *options.extra,
     ]  # fmt: skip
     cli = build_cli(args, run=False)
+    hp = cli.model.hparams  # as built: ARMS, then --extra
+    steps = 1 + (cli.model.discriminator is not None)
+    if steps != optimizer_steps(arm) or (hp.d_every_n_batches, hp.g_every_n_batches) != (1, 1):
+        raise SystemExit(f"error: --extra {' '.join(options.extra)!r} changes the optimizer steps per batch of arm "
+                         f"{arm!r} (D built: {steps == 2}, d_every_n_batches {hp.d_every_n_batches}, g_every_n_batches "
+                         f"{hp.g_every_n_batches}); --trainer.max_steps would then train another number of batches "
+                         f"than --batches {options.batches}. Expected options that keep {optimizer_steps(arm)} "
+                         "step(s) per batch.")  # fmt: skip
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     train_s = time.perf_counter() - start
@@ -178,7 +186,7 @@ def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> 
         result = metrics.compute()
         ious = dict(zip(result.class_names, result.iou.tolist(), strict=True))
         scores |= {f"{split}_mIoU": result.miou, f"{split}_iou": ious}
-    logged = diagnostics(Path(cli.trainer.logger.experiment.metrics_file_path), semi_start, options.batches)
+    logged = diagnostics(Path(cli.trainer.logger.experiment.metrics_file_path), hp.semi_start, options.batches)
     return {
         "arm": arm + options.tag, "labels": options.labels, "seed": seed, "batches": options.batches,
         "labeled_images": len(cli.datamodule.train_set), **scores, "diagnostics": logged,

@@ -68,7 +68,7 @@ def summary(values: list[float]) -> str:
 def difference(results: list[dict], arm: str, batches: int, split: str) -> str:
     differences = paired(results, arm, batches, split)
     found = interval(differences)
-    if arm == "supervised" or not differences:
+    if method(arm) == "supervised" or not differences:  # a supervised probe is no arm to compare
         return ""
     wins = sum(d > 0 for d in differences)
     if found is None:
@@ -79,14 +79,17 @@ def difference(results: list[dict], arm: str, batches: int, split: str) -> str:
 
 
 def gap_closed(results: list[dict], full: list[dict], arm: str, batches: int, split: str) -> str:
-    """(arm - baseline) / (full - baseline) in means over seeds, all at the same number of batches."""
-    base = [r[f"{split}_mIoU"] for r in baseline(results, arm, batches).values()]
+    """mean(arm - baseline) / (mean(full) - mean(baseline)) over the seeds the arm and its baseline share
+    (a grid cut short leaves arms with fewer seeds than supervised), all at the same number of batches; the
+    ceiling is the mean of its own seeds."""
+    differences = paired(results, arm, batches, split)
+    base = baseline(results, arm, batches)
+    shared = [base[r["seed"]][f"{split}_mIoU"] for r in runs_of(results, arm, batches) if r["seed"] in base]
     top = [r[f"{split}_mIoU"] for r in full if r.get("batches") == batches]
-    mine = [r[f"{split}_mIoU"] for r in runs_of(results, arm, batches)]
-    if method(arm) in ("supervised", "full") or not (base and top and mine):
+    if method(arm) in ("supervised", "full") or not (differences and top):
         return ""
-    gap = statistics.mean(top) - statistics.mean(base)
-    return f"{(statistics.mean(mine) - statistics.mean(base)) / gap:+.0%}" if gap > 0 else "n/a"
+    gap = statistics.mean(top) - statistics.mean(shared)
+    return f"{statistics.mean(differences) / gap:+.0%}" if gap > 0 else "n/a"
 
 
 def row_order(row: tuple[str, int]) -> tuple:
