@@ -221,7 +221,7 @@ def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     assert rows["full"].startswith("| full | 0 | 61.0 | 60.0 |")
     assert rows["supervised-x"].endswith("| 0,1 | 41.0 ± 1.4 | 41.0 ± 1.4 |  |  |  |")
     assert rows["Bicyclist"].endswith("| - | - | - |")  # nan: absent in every run
-    assert "| cutmix | 0.900 | - | - | - | - | - | - |" in masks
+    assert "| cutmix | 0.900 | (the mask itself) | - | (the mask itself) | - | - | - |" in masks  # teacher's softmax
     # no precision (never selected); the band figures come from the diagnostics, absent ones read "-"
     assert "| s4gan | (empty mask) | (empty mask) | 0.000 | - | 0.500 | 0.800 | 0.250 |" in masks
     assert rows["error-probe300 (300 batches)"] == "| error-probe300 (300 batches) | 0 | 40.0 | 40.0 |  |  |  |"
