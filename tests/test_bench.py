@@ -2,12 +2,14 @@
 
 import json
 import re
+import time
 
 import numpy as np
 import pytest
 import torch
 from conftest import REPO
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 from seg_gan.errors import UserError
 
@@ -23,17 +25,22 @@ def test_benchmark_code_paths_run_on_cpu(capsys, args, expected):
     assert expected in capsys.readouterr().out
 
 
+GPU_CPU = ["gpu", "--device", "cpu", "--crop", "64", "64", "--encoder", "resnet18", "--steps", "1", "--warmup", "1",
+           "--batch", "1", "--repeats", "2", "--matmul-size", "64", "--conv-shape", "1", "8", "16", "16",
+           "--limit-seconds", "0.05", "--frames", "1", "--frame-size", "96", "128", "--workers", "1",
+           "--loader-steps", "2"]  # fmt: skip
+
+
 def test_gpu_benchmark_runs_on_cpu_and_writes_each_run_as_it_ends(capsys, tmp_path):
     from seg_gan.bench.__main__ import main as bench
 
     variants = ["bf16+channels_last, supervised (no D)", "bf16+channels_last, Cityscapes loader"]
-    bench(["gpu", "--device", "cpu", "--crop", "64", "64", "--encoder", "resnet18", "--steps", "1", "--warmup", "1",
-           "--batch", "1", "--repeats", "2", "--matmul-size", "64", "--conv-shape", "1", "8", "16", "16",
-           "--limit-seconds", "0.05", "--frames", "1", "--frame-size", "96", "128", "--workers", "0",
-           "--out", str(tmp_path), "--variants", *variants])  # fmt: skip
+    bench([*GPU_CPU, "--out", str(tmp_path), "--variants", *variants])
     printed = capsys.readouterr().out
     runs = [json.loads(path.read_text()) for path in sorted((tmp_path / "runs").glob("*.json"))]
-    assert sorted((run["variant"], run["run"]) for run in runs) == sorted((v, r) for v in variants for r in (1, 2))
+    # the loader-fed variant runs once, with its own (longer) window
+    assert sorted((run["variant"], run["run"], run["timed_batches"]) for run in runs) == [
+        (variants[1], 1, 2), (variants[0], 1, 1), (variants[0], 2, 1)]  # fmt: skip
     assert all(run["images_per_s"] > 0 and run["compiles_while_timed"] == 0 for run in runs)
     limits = json.loads((tmp_path / "limits.json").read_text())
     assert limits["limits"]["matmul_tflops"] > 0 and limits["environment"]["torch"] == torch.__version__
@@ -41,10 +48,55 @@ def test_gpu_benchmark_runs_on_cpu_and_writes_each_run_as_it_ends(capsys, tmp_pa
     assert float(flops["0.01"]) > float(flops["0.0"]) > 0
     table = (tmp_path / "table.md").read_text()
     assert table.strip() in printed
-    for variant in variants:  # median and range over the 2 runs, TFLOP/s, MFU
-        assert re.search(rf"\| {re.escape(variant)} \| [\d.]+ \| [\d.]+-[\d.]+ \| [\d.e-]+ \| [\d.]+% \|", table)
+    for variant, count in zip(variants, [2, 1], strict=True):  # runs, median and range, TFLOP/s, MFU
+        row = rf"\| {re.escape(variant)} \| {count} \| [\d.]+ \| [\d.]+-[\d.]+ \| [\d.e-]+ \| [\d.]+% \|"
+        assert re.search(row, table)
     assert "loader-fed / in-memory" not in table  # its in-memory twin did not run
     assert "adversarial / supervised" not in table
+
+
+def test_gpu_benchmark_variant_that_fails_leaves_the_others_measured(capsys, tmp_path):
+    # one GPU call measures everything: a failing variant (here the loader, on a corrupt label file) must not
+    # cost the other variants' runs, and the call must still end in an error naming it
+    from seg_gan.bench.__main__ import main as bench
+    from seg_gan.data.synthetic import write_synthetic_cityscapes
+
+    frames = write_synthetic_cityscapes(tmp_path / "frames", (96, 128), {"train": 1, "val": 1}, seed=0)
+    for label in (frames / "gtFine" / "train").rglob("*_labelIds.png"):
+        label.write_bytes(b"not a png")
+    variants = ["bf16+channels_last, Cityscapes loader", "bf16+channels_last, supervised (no D)"]
+    with pytest.raises(SystemExit, match=r"1 variant\(s\) failed: bf16\+channels_last, Cityscapes loader"):
+        bench([*GPU_CPU, "--root", str(frames), "--out", str(tmp_path / "out"), "--variants", *variants])
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert re.search(r"\| bf16\+channels_last, supervised \(no D\) \| 2 \|", table)  # both runs, after the failure
+    assert "- failed, not in the table: bf16+channels_last, Cityscapes loader (run 1: " in table
+    assert "Cityscapes loader |" not in table
+
+
+def test_drained_loader_drops_the_prefetched_batches_once():
+    from seg_gan.bench.feed import Drained
+
+    drained = Drained(DataLoader(list(range(10)), batch_size=1), warmup=2, drop=3)
+    assert len(drained) == 7 and [int(batch) for batch in drained] == [0, 1, 5, 6, 7, 8, 9]
+
+
+class SlowItems(Dataset):
+    """Each item takes 0.1 s of a worker (sleeping: the count of free cores does not matter)."""
+
+    def __len__(self) -> int:
+        return 24
+
+    def __getitem__(self, index: int) -> dict:
+        time.sleep(0.1)
+        return {"image": torch.zeros(1)}
+
+
+def test_loader_rate_times_whole_rounds_after_the_first():
+    # 4 workers of 2 items at 0.1 s each: 40 images/s. Timed from the first batch, the other 3 batches of the first
+    # round came free: 22 images in 0.4 s, 55 images/s
+    from seg_gan.bench.data import loader_rate
+
+    assert loader_rate(DataLoader(SlowItems(), batch_size=2, num_workers=4)) == pytest.approx(40, rel=0.2)
 
 
 def test_data_benchmark_names_the_worker_count_that_reaches_the_step_rate(capsys):

@@ -7,9 +7,10 @@ pipeline uses). The rows take turns, one pass over the frames each, `--repeats` 
 reports its fastest pass: on a shared machine a burst of other work then slows one pass, not a whole row.
 
 Then the training loader itself (DataLoader of training batches, pinned memory where CUDA is, as
-`configs/cityscapes.yaml` sets it) with each of `--workers`, in steady state (from its first batch on, so worker
-start-up is left out), and the smallest worker count that reaches `--target-images-per-s`, the rate of the GPU
-step it has to feed (default: the H100 figure of seg_gan/bench/README.md).
+`configs/cityscapes.yaml` sets it) with each of `--workers`, in steady state (whole rounds of one batch per worker
+after the first, so worker start-up is left out; at least 3 timed rounds), and the smallest worker count that
+reaches `--target-images-per-s`, the rate of the GPU step it has to feed (default: the H100 figure of
+seg_gan/bench/README.md).
 """
 
 import argparse
@@ -56,13 +57,20 @@ def rate(function, items: list) -> float:
     return len(items) / (time.perf_counter() - start)
 
 
+ROUNDS = 3  # timed rounds of one batch per worker, at least
+
+
 def loader_rate(loader: DataLoader) -> float:
-    """Images per second of one pass over `loader` after its first batch (worker start-up left out)."""
+    """Images per second of one pass over `loader`, timed over whole rounds after the first. Its workers start
+    together and deliver in rounds of one batch each: timed from its first batch, the rest of the first round
+    came free (16 workers over 2 rounds read 28% fast)."""
+    workers = max(loader.num_workers, 1)
     batches = iter(loader)
-    next(batches)
+    for _ in range(workers):  # the first round: start-up
+        next(batches)
     start, images = time.perf_counter(), 0
-    for batch in batches:
-        images += len(batch["image"])
+    for _ in range((len(loader) // workers - 1) * workers):  # whole rounds only
+        images += len(next(batches)["image"])
     return images / (time.perf_counter() - start)
 
 
@@ -98,7 +106,10 @@ def run(options: argparse.Namespace) -> None:
             read_image(sample.image)
             read_label(sample.label)
 
-        repeated = data.dataset((samples * -(-options.images // len(samples)))[: options.images], train=True)
+        def repeated(workers: int):  # --images, or enough for the first round and ROUNDS timed ones
+            count = max(options.images, (ROUNDS + 1) * max(workers, 1) * options.batch)
+            return data.dataset((samples * -(-count // len(samples)))[:count], train=True)
+
         measurements = {
             "PNG decode only, bare PIL (image + label)": lambda: rate(decode_pil, samples),
             "PNG decode only, seg_gan.data.io (used; image + label)": lambda: rate(decode_used, samples),
@@ -106,7 +117,7 @@ def run(options: argparse.Namespace) -> None:
                 lambda: rate(dataset.__getitem__, indices),
         }  # fmt: skip
         for workers in options.workers:
-            loader = DataLoader(repeated, batch_size=options.batch, num_workers=workers, drop_last=True,
+            loader = DataLoader(repeated(workers), batch_size=options.batch, num_workers=workers, drop_last=True,
                                 pin_memory=torch.cuda.is_available())  # fmt: skip
             measurements[f"training loader, batch {options.batch}, {workers} workers"] = partial(loader_rate, loader)
         best = dict.fromkeys(measurements, 0.0)

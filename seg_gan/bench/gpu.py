@@ -22,10 +22,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from torch._dynamo.utils import counters
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from seg_gan.bench.feed import Drained, RandomBatches, RepeatedCityscapes
 from seg_gan.bench.limits import conv_tflops, environment, matmul_tflops, step_flops
-from seg_gan.data.cityscapes import CityscapesDataModule
 from seg_gan.data.synthetic import write_synthetic_cityscapes
 from seg_gan.module import SegGAN
 
@@ -74,6 +74,10 @@ SUPERVISED_PAIRS = [(CL, CL + SUP), (CL + "+compile", CL + "+compile" + SUP)]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--steps", type=int, default=25, help="timed training batches per run")
+    parser.add_argument("--loader-steps", type=int, default=200,
+                        help="timed batches of the loader-fed variants, which run once: the batches prefetched "
+                             "during warm-up are dropped first, and the workers' batches in progress can still "
+                             "flatter a slower loader by up to (workers + 1) / loader-steps")  # fmt: skip
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches first (compilation happens here)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per variant; the median and range are reported")
     parser.add_argument("--batch", type=int, default=8)
@@ -93,32 +97,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sync-audit", action="store_true",
                         help="CUDA: run the best variant a few batches with torch.cuda.set_sync_debug_mode('warn') "
                              "and list every host-device synchronisation by source line")  # fmt: skip
-
-
-class RandomBatches(Dataset):
-    def __init__(self, length: int, crop: tuple[int, int], num_classes: int = 19):
-        generator = torch.Generator().manual_seed(0)
-        self.image = torch.randn(3, *crop, generator=generator)
-        self.mask = torch.randint(0, num_classes, tuple(crop), generator=generator)
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict:
-        return {"image": self.image, "mask": self.mask}
-
-
-class RepeatedCityscapes(CityscapesDataModule):
-    """The Cityscapes data module with its training frames listed `repeat` times, so that a few frames on disk
-    give as many batches as a run needs (every item is still decoded, mapped, scaled, cropped and flipped)."""
-
-    def __init__(self, root: str, repeat: int, **kwargs):
-        super().__init__(root, **kwargs)
-        self.repeat = repeat
-
-    def find_samples(self, split: str) -> list:
-        return super().find_samples(split) * (self.repeat if split == "train" else 1)
 
 
 class Timer(pl.Callback):
@@ -169,19 +147,31 @@ def build(options, variant: Variant) -> SegGAN:
     return model
 
 
+def timed_steps(options, variant: Variant) -> int:
+    return options.loader_steps if variant.loader else options.steps
+
+
+def prefetched(options) -> int:
+    return options.workers * 2  # DataLoader's default prefetch_factor, which the data modules keep
+
+
 def train_data(options, variant: Variant, frames: Path | None):
-    batches = options.warmup + options.steps
+    batches = options.warmup + timed_steps(options, variant)
     if not variant.loader:
         return DataLoader(RandomBatches(batches * options.batch, tuple(options.crop)), batch_size=options.batch)
     count = len(list((frames / "leftImg8bit" / "train").glob("*/*.png")))
-    return RepeatedCityscapes(str(frames), repeat=-(-batches * options.batch // count), batch_size=options.batch,
-                              num_workers=options.workers, pin_memory=options.device == "cuda",
-                              persistent_workers=options.workers > 0, crop_size=tuple(options.crop))  # fmt: skip
+    repeat = -(-(batches + prefetched(options)) * options.batch // count)
+    data = RepeatedCityscapes(str(frames), repeat=repeat, batch_size=options.batch, num_workers=options.workers,
+                              pin_memory=options.device == "cuda", persistent_workers=options.workers > 0,
+                              crop_size=tuple(options.crop))  # fmt: skip
+    data.setup("fit")
+    return Drained(data.train_dataloader(), options.warmup, prefetched(options))
 
 
 def trainer(options, variant: Variant, callbacks: list) -> pl.Trainer:
+    batches = options.warmup + timed_steps(options, variant)
     return pl.Trainer(accelerator="gpu" if options.device == "cuda" else "cpu", devices=1, precision=variant.precision,
-                      max_epochs=1, limit_train_batches=options.warmup + options.steps, limit_val_batches=0,
+                      max_epochs=1, limit_train_batches=batches, limit_val_batches=0,
                       logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       callbacks=callbacks + ([] if variant.fused else [Unfused()]))  # fmt: skip
 
@@ -193,11 +183,12 @@ def measure(options, name: str, models: dict, frames: Path | None) -> dict:
     if name not in models:
         models[name] = build(options, variant)
     model = models[name]
-    timer = Timer(options.warmup, options.steps)
+    timer = Timer(options.warmup, timed_steps(options, variant))
     compiles_before = counters["frames"]["ok"]
     trainer(options, variant, [timer]).fit(model, train_data(options, variant, frames))
     return {
         "images_per_s": timer.batches * options.batch / timer.seconds(),
+        "timed_batches": timer.batches,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if options.device == "cuda" else None,
         "compiles": counters["frames"]["ok"] - compiles_before,
         "compiles_while_timed": counters["frames"]["ok"] - timer.compiles_at_start,
@@ -225,15 +216,16 @@ def summary(results: dict, flops: dict, limits: dict) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict], flops: dict, limits: dict, header: str) -> str:
+def table(rows: list[dict], flops: dict, limits: dict, header: str, failed: dict | None = None) -> str:
     lines = [header, "", f"bf16 matmul {limits['matmul_tflops']:.3g} TFLOP/s, bf16 3x3 convolution "
              f"{limits['conv_tflops']:.3g} TFLOP/s (measured in this run); MFU = step TFLOP/s / matmul TFLOP/s", "",
-             "| variant | images/s (median) | range | step TFLOP/s | MFU | peak GiB | compiles while timed |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| variant | runs | images/s (median) | range | step TFLOP/s | MFU | peak GiB | compiles while timed |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
         peak = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.2f}"
-        lines.append(f"| {row['variant']} | {row['images_per_s']:.2f} | {row['min']:.2f}-{row['max']:.2f} | "
-                     f"{row['tflops']:.3g} | {row['mfu']:.1%} | {peak} | {row['compiles_while_timed']} |")  # fmt: skip
+        lines.append(f"| {row['variant']} | {row['runs']} | {row['images_per_s']:.2f} | {row['min']:.2f}-"
+                     f"{row['max']:.2f} | {row['tflops']:.3g} | {row['mfu']:.1%} | {peak} | "
+                     f"{row['compiles_while_timed']} |")  # fmt: skip
     speed = {row["variant"]: row["images_per_s"] for row in rows}
     lines.append("")
     for variant, baseline, what in RATIOS:
@@ -244,6 +236,7 @@ def table(rows: list[dict], flops: dict, limits: dict, header: str) -> str:
             time_ratio = speed[supervised] / speed[adversarial]
             lines.append(f"- adversarial / supervised ({adversarial}): time {time_ratio:.2f}, "
                          f"FLOPs {flops[0.01] / flops[0.0]:.2f} (target: time ratio <= FLOP ratio)")  # fmt: skip
+    lines += [f"- failed, not in the table: {name} ({error})" for name, error in (failed or {}).items()]
     return "\n".join(lines)
 
 
@@ -293,14 +286,23 @@ def run(options: argparse.Namespace) -> None:
         if frames is None and any(VARIANTS[name].loader for name in options.variants):
             frames = write_synthetic_cityscapes(Path(tmp) / "frames", tuple(options.frame_size),
                                                 {"train": options.frames, "val": 1}, seed=0)  # fmt: skip
-        models, results = {}, {name: [] for name in options.variants}
+        models, results, failed = {}, {name: [] for name in options.variants}, {}
         header = (f"GAN training step on {env['device']}: {options.arch}-{options.encoder} + FCN D, "
                   f"batch {options.batch}, {options.crop[0]}x{options.crop[1]} crops, {options.steps} timed batches "
-                  f"after {options.warmup}, {options.repeats} runs per variant, torch {env['torch']}, "
+                  f"after {options.warmup}, up to {options.repeats} runs per variant (the runs column: how many "
+                  f"finished); loader-fed: one run of {options.loader_steps} timed batches, the "
+                  f"{prefetched(options)} prefetched ones dropped first (can flatter a slower loader by up to "
+                  f"{(options.workers + 1) / options.loader_steps:.0%}); torch {env['torch']}, "
                   f"{env['date']}")  # fmt: skip
-        for repeat in range(options.repeats):  # the variants take turns
-            for name in options.variants:
-                result = measure(options, name, models, frames)
+        for repeat in range(options.repeats):  # the variants take turns; a loader-fed variant runs once, long
+            for name in [n for n in options.variants if n not in failed and not (repeat and VARIANTS[n].loader)]:
+                try:
+                    result = measure(options, name, models, frames)
+                except Exception as error:  # one variant's failure must not cost the others' runs
+                    failed[name] = f"run {repeat + 1}: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
+                    models.pop(name, None)
+                    print(f"{name} (run {repeat + 1}) failed: {failed[name]}", flush=True)
+                    continue
                 results[name].append(result)
                 print(f"{name} (run {repeat + 1}): {result['images_per_s']:.2f} images/s, {result['compiles']} "
                       f"compiles ({result['compiles_while_timed']} while timed)", flush=True)  # fmt: skip
@@ -308,9 +310,16 @@ def run(options: argparse.Namespace) -> None:
                     slug = "".join(c if c.isalnum() else "_" for c in name)
                     record = {"variant": name, "settings": asdict(VARIANTS[name]), "run": repeat + 1, **result}
                     (out / "runs" / f"{slug}-{repeat + 1}.json").write_text(json.dumps(record, indent=1))
-                    done = {key: runs for key, runs in results.items() if runs}
-                    (out / "table.md").write_text(table(summary(done, flops, limits), flops, limits, header) + "\n")
+                    done = summary({key: runs for key, runs in results.items() if runs}, flops, limits)
+                    (out / "table.md").write_text(table(done, flops, limits, header, failed) + "\n")
             models = models if repeat + 1 < options.repeats else {}
     if options.sync_audit and options.device == "cuda":
-        sync_audit(options, out)
-    print("\n" + table(summary(results, flops, limits), flops, limits, header))
+        try:
+            sync_audit(options, out)
+        except Exception as error:  # the table below still prints
+            print(f"sync audit failed: {type(error).__name__}: {error}", flush=True)
+    done = summary({key: runs for key, runs in results.items() if runs}, flops, limits)
+    print("\n" + table(done, flops, limits, header, failed))
+    if failed:
+        raise SystemExit(f"error: {len(failed)} variant(s) failed: {', '.join(failed)} (their errors are listed under "
+                         "the table, which holds the other variants' runs).")  # fmt: skip

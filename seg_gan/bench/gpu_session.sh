@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 18's GPU measurements in one call, planned for about 8 minutes on one H100/H200 with 16 cores (not yet run on
-# one: give it a 10-minute limit; the step's runs take turns, so a call cut short after the first round has every variant):
+# Issue 18's GPU measurements in one call, planned for about 9 minutes on one H100/H200 with 16 cores (not yet run on
+# one: give it a 10-minute limit; the step's runs take turns, so a call cut short after the first round has every variant;
+# a variant that fails is listed under the table and the others go on):
 #   bash seg_gan/bench/gpu_session.sh [OUT]      (from the repository root; OUT defaults to $OUT, else bench_results/gpu-<date>)
 # Every step writes its results into OUT as it finishes, so a run cut short keeps what it measured:
 #   environment.txt      card, driver, CUDA, torch and Lightning versions, CPU count, date
@@ -13,7 +14,8 @@
 # STEPS (25), WARMUP (5), WORKERS (16), FRAMES (24), FRAME_SIZE ("1024 2048"), and EXTRA_GPU_ARGS / EXTRA_DATA_ARGS
 # appended to the two benchmark commands (later options win; e.g. a CPU smoke run of this script:
 #   FRAMES=2 FRAME_SIZE="128 256" EXTRA_GPU_ARGS="--device cpu --crop 64 64 --encoder resnet18 --steps 1 --warmup 1
-#   --batch 1 --repeats 1 --workers 1 --matmul-size 64 --conv-shape 1 8 16 16 --variants fp32 bf16+channels_last"
+#   --batch 1 --repeats 1 --workers 1 --loader-steps 2 --matmul-size 64 --conv-shape 1 8 16 16 --variants fp32
+#   bf16+channels_last"
 #   EXTRA_DATA_ARGS="--crop 64 64 --images 8 --batch 2 --workers 1" bash seg_gan/bench/gpu_session.sh /tmp/smoke).
 set -uo pipefail
 OUT=${1:-${OUT:-bench_results/gpu-$(date -u +%Y%m%dT%H%M%SZ)}}

@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from seg_gan.bench import limits
-from seg_gan.bench.gpu import RandomBatches, Timer
+from seg_gan.bench.feed import RandomBatches
+from seg_gan.bench.gpu import Timer
 from seg_gan.losses import cross_entropy, discriminator_loss, encode_real, generator_adversarial_loss, valid_mask
 from seg_gan.module import SegGAN
 from seg_gan.speed import build_optimizer
