@@ -69,8 +69,17 @@ def test_gpu_benchmark_variant_that_fails_leaves_the_others_measured(capsys, tmp
         bench([*GPU_CPU, "--root", str(frames), "--out", str(tmp_path / "out"), "--variants", *variants])
     table = (tmp_path / "out" / "table.md").read_text()
     assert re.search(r"\| bf16\+channels_last, supervised \(no D\) \| 2 \|", table)  # both runs, after the failure
-    assert "- failed, not in the table: bf16+channels_last, Cityscapes loader (run 1: " in table
+    assert "- failed: bf16+channels_last, Cityscapes loader (run 1, " in table
     assert "Cityscapes loader |" not in table
+
+
+def test_gpu_benchmark_failure_line_survives_errors_without_a_message():
+    # torch.compile's internals raise bare AssertionErrors: describing one must not end the GPU call
+    from seg_gan.bench.gpu import failure
+
+    assert failure(AssertionError()) == "AssertionError"
+    two_lines = RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
+    assert failure(two_lines) == "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
 
 
 def test_drained_loader_drops_the_prefetched_batches_once():
@@ -182,20 +191,21 @@ def test_semi_diagnostics_record_d_band_drift_and_mask_against_softmax(tmp_path)
     assert figures["mask_less_precise_than_softmax"] == pytest.approx(2 / 3, abs=1e-4)  # of 3 rows with both
 
 
-@pytest.mark.parametrize("arm, extra", [
-    ("supervised", ["--model.lambda_adv", "0.01"]),  # builds a D: two optimizer steps per batch, not one
-    ("hung", ["--model.d_every_n_batches", "2"]),  # 1.5 steps per batch
+@pytest.mark.parametrize("arms, extra", [
+    # adversarial keeps its D; supervised gets one: two optimizer steps per batch, not one
+    (["adversarial", "supervised"], ["--model.lambda_adv", "0.01"]),
+    (["hung"], ["--model.d_every_n_batches", "2"]),  # 1.5 steps per batch
 ])  # fmt: skip
-def test_semi_extra_options_that_change_the_run_length_are_refused(tmp_path, arm, extra):
+def test_semi_extra_options_that_change_the_run_length_are_refused(tmp_path, arms, extra):
     # the length is set as optimizer steps (--trainer.max_steps): another count per batch would train another
-    # number of batches than the result file says
+    # number of batches than the result file says. Refused before any arm trains, not when its turn comes.
     from seg_gan.bench.semi import run
 
     parse, common, tiny = semi_bench(tmp_path)
     with pytest.raises(SystemExit, match="changes the optimizer steps per batch"):
-        run(parse([*common, "--arms", arm, "--results", str(tmp_path / "out"), "--extra", *tiny, *extra]))
+        run(parse([*common, "--arms", *arms, "--results", str(tmp_path / "out"), "--extra", *tiny, *extra]))
     assert not list((tmp_path / "out").glob("*.json"))
-    assert not list((tmp_path / "work").rglob("metrics.csv"))  # refused before training
+    assert not list((tmp_path / "work").rglob("metrics.csv"))  # nothing trained
 
 
 def test_semi_result_of_another_length_is_refused_not_skipped(tmp_path):
@@ -260,6 +270,7 @@ def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     write("cutmix", "1-16", 0, 0.58, 0.58, batches=2000)  # untagged at 2000: no supervised run of its own
     for seed, tagged in enumerate([0.40, 0.42]):  # a supervised probe: no arm to compare, so no difference
         write("supervised-x", "1-16", seed, tagged, tagged)
+    write("confidence", "1-16", 0, 0.50, 0.50)  # no diagnostics logged (no hidden labels): no mask row
     s4gan = {"semi_mask_coverage": 0.0, "d_accuracy": 0.5, "d_accuracy_last_quarter": 0.8, "d_accuracy_in_band": 0.25}
     write("s4gan", "1-16", 0, 0.50, 0.49, diagnostics=s4gan)
     main, classes, masks = tables(tmp_path).strip().split("\n\n")[1:4]  # after the heading
@@ -274,6 +285,7 @@ def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     assert rows["supervised-x"].endswith("| 0,1 | 41.0 ± 1.4 | 41.0 ± 1.4 |  |  |  |")
     assert rows["Bicyclist"].endswith("| - | - | - |")  # nan: absent in every run
     assert "| cutmix | 0.900 | (the mask itself) | - | (the mask itself) | - | - | - |" in masks  # teacher's softmax
+    assert "| confidence |" not in masks
     # no precision (never selected); the band figures come from the diagnostics, absent ones read "-"
     assert "| s4gan | (empty mask) | (empty mask) | 0.000 | - | 0.500 | 0.800 | 0.250 |" in masks
     assert rows["error-probe300 (300 batches)"] == "| error-probe300 (300 batches) | 0 | 40.0 | 40.0 |  |  |  |"

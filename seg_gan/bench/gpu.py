@@ -236,8 +236,15 @@ def table(rows: list[dict], flops: dict, limits: dict, header: str, failed: dict
             time_ratio = speed[supervised] / speed[adversarial]
             lines.append(f"- adversarial / supervised ({adversarial}): time {time_ratio:.2f}, "
                          f"FLOPs {flops[0.01] / flops[0.0]:.2f} (target: time ratio <= FLOP ratio)")  # fmt: skip
-    lines += [f"- failed, not in the table: {name} ({error})" for name, error in (failed or {}).items()]
+    lines += [f"- failed: {name} ({error}); its row, if any, holds the runs before" for name, error in
+              (failed or {}).items()]  # fmt: skip
     return "\n".join(lines)
+
+
+def failure(error: BaseException) -> str:
+    """One line for the table: the error's type and its message (which may be empty or span lines)."""
+    message = " ".join(str(error).split())[:300]
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def sync_audit(options, out: Path | None) -> None:
@@ -299,17 +306,18 @@ def run(options: argparse.Namespace) -> None:
                 try:
                     result = measure(options, name, models, frames)
                 except Exception as error:  # one variant's failure must not cost the others' runs
-                    failed[name] = f"run {repeat + 1}: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
+                    failed[name] = f"run {repeat + 1}, {failure(error)}"
                     models.pop(name, None)
                     print(f"{name} (run {repeat + 1}) failed: {failed[name]}", flush=True)
-                    continue
-                results[name].append(result)
-                print(f"{name} (run {repeat + 1}): {result['images_per_s']:.2f} images/s, {result['compiles']} "
-                      f"compiles ({result['compiles_while_timed']} while timed)", flush=True)  # fmt: skip
-                if out:
-                    slug = "".join(c if c.isalnum() else "_" for c in name)
-                    record = {"variant": name, "settings": asdict(VARIANTS[name]), "run": repeat + 1, **result}
-                    (out / "runs" / f"{slug}-{repeat + 1}.json").write_text(json.dumps(record, indent=1))
+                else:
+                    results[name].append(result)
+                    print(f"{name} (run {repeat + 1}): {result['images_per_s']:.2f} images/s, {result['compiles']} "
+                          f"compiles ({result['compiles_while_timed']} while timed)", flush=True)  # fmt: skip
+                    if out:
+                        slug = "".join(c if c.isalnum() else "_" for c in name)
+                        record = {"variant": name, "settings": asdict(VARIANTS[name]), "run": repeat + 1, **result}
+                        (out / "runs" / f"{slug}-{repeat + 1}.json").write_text(json.dumps(record, indent=1))
+                if out:  # after a failure too, so that the file never misses one
                     done = summary({key: runs for key, runs in results.items() if runs}, flops, limits)
                     (out / "table.md").write_text(table(done, flops, limits, header, failed) + "\n")
             models = models if repeat + 1 < options.repeats else {}
@@ -317,7 +325,7 @@ def run(options: argparse.Namespace) -> None:
         try:
             sync_audit(options, out)
         except Exception as error:  # the table below still prints
-            print(f"sync audit failed: {type(error).__name__}: {error}", flush=True)
+            print(f"sync audit failed: {failure(error)}", flush=True)
     done = summary({key: runs for key, runs in results.items() if runs}, flops, limits)
     print("\n" + table(done, flops, limits, header, failed))
     if failed:

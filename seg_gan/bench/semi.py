@@ -150,7 +150,10 @@ def already_run(path: Path, batches: int) -> bool:
     return True
 
 
-def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> dict:
+def configure(options: argparse.Namespace, arm: str, seed: int, weights: Path):
+    """(the run's LightningCLI, built but not run; its arguments). Exits with an error where `--extra` changes
+    the optimizer steps per batch: the length is set as --trainer.max_steps, so another count per batch would
+    train another number of batches than --batches (and the result file) says."""
     run_dir = options.work / "runs" / run_name(arm + options.tag, options.labels, seed, options.batches)
     semi_start = options.batches // 4 if options.semi_start is None else options.semi_start
     labels = ["--data.labeled_fraction", "1.0"] if arm == "full" else [
@@ -176,6 +179,12 @@ def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> 
                          f"{hp.g_every_n_batches}); --trainer.max_steps would then train another number of batches "
                          f"than --batches {options.batches}. Expected options that keep {optimizer_steps(arm)} "
                          "step(s) per batch.")  # fmt: skip
+    return cli, args
+
+
+def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> dict:
+    cli, args = configure(options, arm, seed, weights)
+    hp = cli.model.hparams
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     train_s = time.perf_counter() - start
@@ -263,6 +272,8 @@ def run(options: argparse.Namespace) -> None:
         weights = encoder_weights(options.work)
         options.data_root = scaled_copy(Path(options.root), options.work, options.size)
         torch.set_float32_matmul_precision("high")
+        for arm in dict.fromkeys(arm for (_, arm), skip in zip(plan, done, strict=True) if not skip):
+            configure(options, arm, options.seeds[0], weights)  # refuse any arm's --extra before any training
         for (seed, arm), path, skip in zip(plan, paths, done, strict=True):
             if skip:
                 print(f"{path} exists: skipped")

@@ -156,7 +156,7 @@ def mask_table(results: list[dict], rows: list[tuple[str, int]]) -> str:
         cells = [f"{statistics.mean(v):.3f}" if (v := [d[k] for d in runs if k in d]) else "-" for k in keys]
         if runs and all(d.get("semi_mask_coverage") == 0 and keys[0] not in d for d in runs):
             cells[:2] = ["(empty mask)", "(empty mask)"]
-        if method(row[0]) in ("confidence", "cutmix"):  # the mask is a max-softmax mask (cutmix: the teacher's)
+        if method(row[0]) in ("confidence", "cutmix") and any(runs):  # a max-softmax mask (cutmix: the teacher's)
             cells[1] = cells[3] = "(the mask itself)"  # equal by construction: no comparison
         if any(cell != "-" for cell in cells):
             lines.append(f"| {label(*row)} | " + " | ".join(cells) + " |")
