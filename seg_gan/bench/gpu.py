@@ -299,7 +299,7 @@ def run(options: argparse.Namespace) -> None:
                   f"after {options.warmup}, up to {options.repeats} runs per variant (the runs column: how many "
                   f"finished); loader-fed: one run of {options.loader_steps} timed batches, the "
                   f"{prefetched(options)} prefetched ones dropped first (can flatter a slower loader by up to "
-                  f"{(options.workers + 1) / options.loader_steps:.0%}); torch {env['torch']}, "
+                  f"{(options.workers + 1) / options.loader_steps:.1%}); torch {env['torch']}, "
                   f"{env['date']}")  # fmt: skip
         for repeat in range(options.repeats):  # the variants take turns; a loader-fed variant runs once, long
             for name in [n for n in options.variants if n not in failed and not (repeat and VARIANTS[n].loader)]:
