@@ -63,7 +63,7 @@ ROUNDS = 3  # timed rounds of one batch per worker, at least
 def loader_rate(loader: DataLoader) -> float:
     """Images per second of one pass over `loader`, timed over whole rounds after the first. Its workers start
     together and deliver in rounds of one batch each: timed from its first batch, the rest of the first round
-    came free (16 workers over 2 rounds read 28% fast)."""
+    came free (many workers over few rounds read high)."""
     workers = max(loader.num_workers, 1)
     batches = iter(loader)
     for _ in range(workers):  # the first round: start-up

@@ -20,6 +20,7 @@ class-balanced lists of configs/splits/ (`--make-splits` draws them).
 import argparse
 import datetime
 import json
+import math
 import platform
 import statistics
 import subprocess
@@ -234,7 +235,11 @@ def diagnostics(metrics_csv: Path, semi_start: int, batches: int) -> dict[str, f
     import csv
 
     rows = list(csv.DictReader(metrics_csv.open()))
-    number = lambda row, key: float(row[key]) if row.get(key) and float(row[key]) == float(row[key]) else None  # noqa: E731
+
+    def number(row: dict, key: str) -> float | None:  # None: not logged in that row, or nan (nothing to count)
+        value = float(row[key]) if row.get(key) else math.nan
+        return None if math.isnan(value) else value
+
     means = {}
     for key in DIAGNOSTICS:
         values = [v for r in rows if (v := number(r, key)) is not None]

@@ -42,11 +42,15 @@ def baseline(results: list[dict], arm: str, batches: int) -> dict[int, dict]:
     return {}
 
 
+def pairs(results: list[dict], arm: str, batches: int) -> list[tuple[dict, dict]]:
+    """(arm's result, its supervised baseline's) for each seed both were run with."""
+    base = baseline(results, arm, batches)
+    return [(r, base[r["seed"]]) for r in runs_of(results, arm, batches) if r["seed"] in base]
+
+
 def paired(results: list[dict], arm: str, batches: int, split: str) -> list[float]:
     """arm minus its supervised baseline, for each seed both were run with."""
-    base = baseline(results, arm, batches)
-    return [r[f"{split}_mIoU"] - base[r["seed"]][f"{split}_mIoU"] for r in runs_of(results, arm, batches)
-            if r["seed"] in base]  # fmt: skip
+    return [r[f"{split}_mIoU"] - b[f"{split}_mIoU"] for r, b in pairs(results, arm, batches)]
 
 
 def interval(differences: list[float]) -> tuple[float, float, float] | None:
@@ -82,14 +86,12 @@ def gap_closed(results: list[dict], full: list[dict], arm: str, batches: int, sp
     """mean(arm - baseline) / (mean(full) - mean(baseline)) over the seeds the arm and its baseline share
     (a grid cut short leaves arms with fewer seeds than supervised), all at the same number of batches; the
     ceiling is the mean of its own seeds."""
-    differences = paired(results, arm, batches, split)
-    base = baseline(results, arm, batches)
-    shared = [base[r["seed"]][f"{split}_mIoU"] for r in runs_of(results, arm, batches) if r["seed"] in base]
-    top = [r[f"{split}_mIoU"] for r in full if r.get("batches") == batches]
-    if method(arm) in ("supervised", "full") or not (differences and top):
+    key, both = f"{split}_mIoU", pairs(results, arm, batches)
+    top = [r[key] for r in full if r.get("batches") == batches]
+    if method(arm) in ("supervised", "full") or not (both and top):
         return ""
-    gap = statistics.mean(top) - statistics.mean(shared)
-    return f"{statistics.mean(differences) / gap:+.0%}" if gap > 0 else "n/a"
+    gap = statistics.mean(top) - statistics.mean(b[key] for _, b in both)
+    return f"{statistics.mean(r[key] - b[key] for r, b in both) / gap:+.0%}" if gap > 0 else "n/a"
 
 
 def row_order(row: tuple[str, int]) -> tuple:
