@@ -1,4 +1,4 @@
-"""Parts plugged in by class_path without editing the package: a discriminator, a test callback."""
+"""Parts plugged in by class_path without editing the package: discriminators, test callbacks."""
 
 import os
 import signal
@@ -18,6 +18,19 @@ class TinyDiscriminator(nn.Module):
 
     def forward(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         return self.net(probs)  # [B, 1, H, W]
+
+
+class NaNOnceDiscriminator(TinyDiscriminator):
+    """Non-finite logits on its first call only (batch 0's D step, which comes first): one skipped step."""
+
+    def __init__(self, num_classes: int):
+        super().__init__(num_classes)
+        self.calls = 0
+
+    def forward(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        logits = super().forward(probs, image)
+        return logits * float("nan") if self.calls == 1 else logits
 
 
 class DumpWeights(Callback):

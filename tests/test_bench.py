@@ -170,6 +170,28 @@ def test_semi_run_whose_name_ran_before_reads_its_own_metrics(tmp_path):
         assert saved["batches"] == 1 and 0 <= saved["val_mIoU"] <= 1
 
 
+def test_semi_result_records_the_batches_a_skipped_step_added(tmp_path):
+    # the length is set as optimizer steps; a non-finite loss skips a step without counting it, so the run
+    # trains on past its nominal length: the file must say so, and the table must name the run
+    from seg_gan.bench.semi import run
+    from seg_gan.bench.semi_table import tables
+
+    parse, common, tiny = semi_bench(tmp_path)
+    common[common.index("--batches") + 1] = "2"
+    results = tmp_path / "results"
+    all_labeled = ["--data.labeled_list", "null", "--data.labeled_fraction", "1.0"]  # 2 frames: no 1/16 list
+    for tag, discriminator in [("clean", "TinyDiscriminator"), ("nan", "NaNOnceDiscriminator")]:
+        run(parse([*common, "--arms", "adversarial", f"--tag=-{tag}", "--results", str(results), "--extra",
+                   *tiny, *all_labeled, "--model.discriminator", f"custom_parts.{discriminator}"]))  # fmt: skip
+    clean, skipped = (json.loads((results / f"adversarial{tag}-1-16-seed0-b2.json").read_text())
+                      for tag in ("-clean", "-nan"))  # fmt: skip
+    assert (clean["batches"], clean["trained_batches"], clean["skipped_steps"]) == (2, 2, 0)
+    # 4 optimizer steps: batch 0 (D skipped, G), batch 1 (D, G), batch 2 (D, G: the step count is read between batches)
+    assert (skipped["batches"], skipped["trained_batches"], skipped["skipped_steps"]) == (2, 3, 1)
+    table = tables(results)
+    assert "adversarial-nan seed 0 (3 batches, 1 step skipped)" in table and "adversarial-clean seed 0 (" not in table
+
+
 def test_semi_diagnostics_record_d_band_drift_and_mask_against_softmax(tmp_path):
     # the GPU grid keeps only the result files: D's course over the run must be in them, counted by hand here
     from seg_gan.bench.semi import diagnostics

@@ -183,7 +183,9 @@ def configure(options: argparse.Namespace, arm: str, seed: int, weights: Path):
     return cli, args
 
 
-def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> dict:
+def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path, commit: str | None) -> dict:
+    """Train one run and evaluate its final weights; `commit`: the code it runs, read before training (a
+    commit made while it trains must not be recorded as the code that ran)."""
     cli, args = configure(options, arm, seed, weights)
     hp = cli.model.hparams
     start = time.perf_counter()
@@ -197,12 +199,15 @@ def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path) -> 
         ious = dict(zip(result.class_names, result.iou.tolist(), strict=True))
         scores |= {f"{split}_mIoU": result.miou, f"{split}_iou": ious}
     logged = diagnostics(Path(cli.trainer.logger.experiment.metrics_file_path), hp.semi_start, options.batches)
+    # a skipped step (non-finite loss, seg_gan.guards) is no optimizer step, so max_steps trains more batches
+    trained = cli.trainer.fit_loop.epoch_loop.batch_progress.total.completed
     return {
         "arm": arm + options.tag, "labels": options.labels, "seed": seed, "batches": options.batches,
+        "trained_batches": trained, "skipped_steps": int(cli.model.guard.skipped_steps),
         "labeled_images": len(cli.datamodule.train_set), **scores, "diagnostics": logged,
         "train_s": round(train_s, 1), "device": torch.cuda.get_device_name() if torch.cuda.is_available()
         else platform.processor() or platform.machine(), "torch": torch.__version__, "lightning": pl.__version__,
-        "commit": code_version(), "date": datetime.date.today().isoformat(),
+        "commit": commit, "date": datetime.date.today().isoformat(),
         "args": portable(" ".join(args), options.work),
     }  # fmt: skip
 
@@ -274,7 +279,7 @@ def run(options: argparse.Namespace) -> None:
         done = [already_run(path, options.batches) for path in paths]  # every refusal before any work
         options.work.mkdir(parents=True, exist_ok=True)
         options.results.mkdir(parents=True, exist_ok=True)
-        weights = encoder_weights(options.work)
+        weights, commit = encoder_weights(options.work), code_version()
         options.data_root = scaled_copy(Path(options.root), options.work, options.size)
         torch.set_float32_matmul_precision("high")
         for arm in dict.fromkeys(arm for (_, arm), skip in zip(plan, done, strict=True) if not skip):
@@ -283,7 +288,7 @@ def run(options: argparse.Namespace) -> None:
             if skip:
                 print(f"{path} exists: skipped")
                 continue
-            result = run_arm(options, arm, seed, weights) | {"labels": labels[arm]}
+            result = run_arm(options, arm, seed, weights, commit) | {"labels": labels[arm]}
             path.write_text(json.dumps(result, indent=2) + "\n")
             print(f"{arm} seed {seed}: val mIoU {result['val_mIoU']:.4f}, {result['train_s'] / 60:.1f} min")
     print(tables(options.results))

@@ -127,8 +127,21 @@ def tables(folder: Path) -> str:
             differences = [difference(results, arm, batches, split) for split in ("val", "test")]
             out.append(f"| {label(arm, batches)} | {seeds} | {' | '.join(means)} | {' | '.join(differences)} | "
                        f"{' / '.join(gap) if any(gap) else ''} |")  # fmt: skip
-        out += ["", per_class(results, rows), "", mask_table(results, rows)]
+        out += ["", per_class(results, rows), "", mask_table(results, rows), *longer_runs(results)]
     return "\n".join(out)
+
+
+def longer_runs(results: list[dict]) -> list[str]:
+    """A line naming the runs that trained past their length: a non-finite loss skips an optimizer step
+    without counting it (`seg_gan.guards`), and the length is set in optimizer steps. Files written before
+    `trained_batches` was recorded are not named."""
+    longer = [r for r in results if r.get("trained_batches", r["batches"]) != r["batches"]]
+    if not longer:
+        return []
+    names = [f"{r['arm']} seed {r['seed']} ({r['trained_batches']} batches, {r['skipped_steps']} step"
+             f"{'s' if r['skipped_steps'] != 1 else ''} skipped)" for r in longer]  # fmt: skip
+    return ["", "Runs that trained more batches than their row says (skipped steps are not counted): "
+            f"{', '.join(names)}."]  # fmt: skip
 
 
 def per_class(results: list[dict], rows: list[tuple[str, int]]) -> str:
