@@ -202,6 +202,7 @@ def test_semi_diagnostics_record_d_band_drift_and_mask_against_softmax(tmp_path)
             "0,19,0.90,0.80,0.90,",  # mask less precise
             "0,29,0.70,0.90,0.90,",  # a tie is not less precise
             "0,39,0.86,nan,0.95,",  # an empty mask has no precision: not counted
+            "0,45,,0.97,0.95,",  # more precise (no D figure logged in this row)
             "0,49,0.60,0.85,0.95,",  # less precise; 0.6 is in the band; last quarter: steps 30 to 39 and on
             "0,49,,,,0.5"]  # fmt: skip  # a validation row: no training figures
     csv = tmp_path / "metrics.csv"
@@ -210,7 +211,9 @@ def test_semi_diagnostics_record_d_band_drift_and_mask_against_softmax(tmp_path)
     assert figures["d_accuracy"] == pytest.approx((0.95 + 0.90 + 0.70 + 0.86 + 0.60) / 5, abs=1e-4)
     assert figures["d_accuracy_in_band"] == pytest.approx(2 / 3, abs=1e-4)  # steps 29, 39, 49: 0.70, 0.60 in
     assert figures["d_accuracy_last_quarter"] == pytest.approx((0.86 + 0.60) / 2, abs=1e-4)  # steps >= 30
-    assert figures["mask_less_precise_than_softmax"] == pytest.approx(2 / 3, abs=1e-4)  # of 3 rows with both
+    assert figures["mask_less_precise_than_softmax"] == pytest.approx(2 / 4, abs=1e-4)  # of 4 rows with both
+    assert figures["mask_less_precise_last_quarter"] == pytest.approx(1 / 2, abs=1e-4)  # steps 45, 49
+    assert figures["mask_minus_softmax_last_quarter"] == pytest.approx((0.02 - 0.10) / 2, abs=1e-4)
 
 
 @pytest.mark.parametrize("arms, extra", [
@@ -295,6 +298,9 @@ def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     write("confidence", "1-16", 0, 0.50, 0.50)  # no diagnostics logged (no hidden labels): no mask row
     s4gan = {"semi_mask_coverage": 0.0, "d_accuracy": 0.5, "d_accuracy_last_quarter": 0.8, "d_accuracy_in_band": 0.25}
     write("s4gan", "1-16", 0, 0.50, 0.49, diagnostics=s4gan)
+    late = {"semi_mask_precision": 0.96, "mask_minus_softmax_last_quarter": 0.0126,
+            "mask_less_precise_last_quarter": 0.04}  # fmt: skip
+    write("hung-noise", "1-16", 0, 0.50, 0.49, diagnostics=late)
     main, classes, masks = tables(tmp_path).strip().split("\n\n")[1:4]  # after the heading
     rows = {line.split(" | ")[0].strip("| "): line for line in (main + "\n" + classes).splitlines()}
     assert "| 0,1,2 | 51.0 ± 1.0 | 50.0 ± 1.0 |" in rows["supervised"]
@@ -306,10 +312,12 @@ def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     assert rows["full"].startswith("| full | 0 | 61.0 | 60.0 |")
     assert rows["supervised-x"].endswith("| 0,1 | 41.0 ± 1.4 | 41.0 ± 1.4 |  |  |  |")
     assert rows["Bicyclist"].endswith("| - | - | - |")  # nan: absent in every run
-    assert "| cutmix | 0.900 | (the mask itself) | - | (the mask itself) | - | - | - |" in masks  # teacher's softmax
+    cutmix = "| cutmix | 0.900 | (the mask itself) | - | (the mask itself) | (the mask itself) | (the mask itself) |"
+    assert f"{cutmix} - | - | - |" in masks  # the teacher's softmax: no comparison, also not in the last quarter
     assert "| confidence |" not in masks
+    assert "| hung-noise | 0.960 | - | - | - | +0.013 | 0.040 | - | - | - |" in masks  # a late gain keeps its sign
     # no precision (never selected); the band figures come from the diagnostics, absent ones read "-"
-    assert "| s4gan | (empty mask) | (empty mask) | 0.000 | - | 0.500 | 0.800 | 0.250 |" in masks
+    assert "| s4gan | (empty mask) | (empty mask) | 0.000 | - | - | - | 0.500 | 0.800 | 0.250 |" in masks
     assert rows["error-probe300 (300 batches)"] == "| error-probe300 (300 batches) | 0 | 40.0 | 40.0 |  |  |  |"
     # the tagged pair pairs with its own supervised runs (differences 2 and 3 points), not the 1000-batch ones
     assert "| 0,1 | 56.0 ± 1.4 | 56.0 ± 1.4 | +2.5 [-3.9, +8.9] 2/2 |" in rows["cutmix-len2000 (2000 batches)"]

@@ -236,7 +236,9 @@ def diagnostics(metrics_csv: Path, semi_start: int, batches: int) -> dict[str, f
     and, so that the result file alone shows D's course: the share of logged batches from `semi_start` on
     with D's accuracy in `D_BAND` (`d_accuracy_in_band`), D's mean accuracy over the last quarter of the
     `batches` (`d_accuracy_last_quarter`: drift), and the share of logged batches whose mask was strictly
-    less precise than G's softmax at the same coverage (`mask_less_precise_than_softmax`)."""
+    less precise than G's softmax at the same coverage (`mask_less_precise_than_softmax`), also over the last
+    quarter alone with the mean precision difference there (`mask_less_precise_last_quarter`,
+    `mask_minus_softmax_last_quarter`: a D that learns late shows only there)."""
     import csv
 
     rows = list(csv.DictReader(metrics_csv.open()))
@@ -257,10 +259,13 @@ def diagnostics(metrics_csv: Path, semi_start: int, batches: int) -> dict[str, f
         means["d_accuracy_in_band"] = round(sum(D_BAND[0] <= v <= D_BAND[1] for v in late) / len(late), 4)
     if last := [v for step, v in accuracy if step >= batches - batches // 4]:
         means["d_accuracy_last_quarter"] = round(statistics.mean(last), 4)
-    pairs = [(a, b) for r in rows if (a := number(r, "train/semi_mask_precision")) is not None
+    pairs = [(int(r["step"]), a, b) for r in rows if (a := number(r, "train/semi_mask_precision")) is not None
              and (b := number(r, "train/softmax_mask_precision_same_coverage")) is not None]  # fmt: skip
     if pairs:
-        means["mask_less_precise_than_softmax"] = round(sum(a < b for a, b in pairs) / len(pairs), 4)
+        means["mask_less_precise_than_softmax"] = round(sum(a < b for _, a, b in pairs) / len(pairs), 4)
+    if last := [(a, b) for step, a, b in pairs if step >= batches - batches // 4]:  # the mask as the run ends
+        means["mask_less_precise_last_quarter"] = round(sum(a < b for a, b in last) / len(last), 4)
+        means["mask_minus_softmax_last_quarter"] = round(statistics.mean(a - b for a, b in last), 4)
     return means
 
 

@@ -161,18 +161,20 @@ def mask_table(results: list[dict], rows: list[tuple[str, int]]) -> str:
     for D's band, `seg_gan.bench.semi.diagnostics`); a mask that was empty in every logged batch has no
     precision, and says so instead of a dash (which would read as a figure not logged)."""
     keys = ["semi_mask_precision", "softmax_mask_precision_same_coverage", "semi_mask_coverage",
-            "mask_less_precise_than_softmax", "d_accuracy", "d_accuracy_last_quarter",
-            "d_accuracy_in_band"]  # fmt: skip
+            "mask_less_precise_than_softmax", "mask_minus_softmax_last_quarter", "mask_less_precise_last_quarter",
+            "d_accuracy", "d_accuracy_last_quarter", "d_accuracy_in_band"]  # fmt: skip
     lines = ["| arm | mask precision | G's softmax precision at that coverage | mask coverage | share of batches "
-             "mask less precise | D accuracy | D accuracy, last quarter | share of batches D in 0.6-0.85 |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "mask less precise | last quarter: mask minus softmax precision | last quarter: share mask less "
+             "precise | D accuracy | D accuracy, last quarter | share of batches D in 0.6-0.85 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
         runs = [r["diagnostics"] for r in runs_of(results, *row)]
-        cells = [f"{statistics.mean(v):.3f}" if (v := [d[k] for d in runs if k in d]) else "-" for k in keys]
+        cells = [format(statistics.mean(v), "+.3f" if "minus" in k else ".3f") if (v := [d[k] for d in runs if k in d])
+                 else "-" for k in keys]  # fmt: skip
         if runs and all(d.get("semi_mask_coverage") == 0 and keys[0] not in d for d in runs):
             cells[:2] = ["(empty mask)", "(empty mask)"]
         if method(row[0]) in ("confidence", "cutmix") and any(runs):  # a max-softmax mask (cutmix: the teacher's)
-            cells[1] = cells[3] = "(the mask itself)"  # equal by construction: no comparison
+            cells[1] = cells[3] = cells[4] = cells[5] = "(the mask itself)"  # equal by construction: no comparison
         if any(cell != "-" for cell in cells):
             lines.append(f"| {label(*row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
