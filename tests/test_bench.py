@@ -186,7 +186,7 @@ def test_semi_result_records_the_batches_a_skipped_step_added(tmp_path):
     clean, skipped = (json.loads((results / f"adversarial{tag}-1-16-seed0-b2.json").read_text())
                       for tag in ("-clean", "-nan"))  # fmt: skip
     assert (clean["batches"], clean["trained_batches"], clean["skipped_steps"]) == (2, 2, 0)
-    # 4 optimizer steps: batch 0 (D skipped, G), batch 1 (D, G), batch 2 (D, G: the step count is read between batches)
+    # max_steps 4: batches 0 (D skipped, G) and 1 (D, G) count 3 steps, so batch 2 runs too (5 counted)
     assert (skipped["batches"], skipped["trained_batches"], skipped["skipped_steps"]) == (2, 3, 1)
     table = tables(results)
     assert "adversarial-nan seed 0 (3 batches, 1 step skipped)" in table and "adversarial-clean seed 0 (" not in table
@@ -201,6 +201,8 @@ def test_semi_diagnostics_record_d_band_drift_and_mask_against_softmax(tmp_path)
             "0,9,0.95,,,",  # before self-training (semi_start 20): outside the band share
             "0,19,0.90,0.80,0.90,",  # mask less precise
             "0,29,0.70,0.90,0.90,",  # a tie is not less precise
+            "0,29,,0.99,0.90,",  # more precise, the last step before the last quarter (steps 30 on)
+            "0,30,,0.90,0.92,",  # less precise, the first step of the last quarter
             "0,39,0.86,nan,0.95,",  # an empty mask has no precision: not counted
             "0,45,,0.97,0.95,",  # more precise (no D figure logged in this row)
             "0,49,0.60,0.85,0.95,",  # less precise; 0.6 is in the band; last quarter: steps 30 to 39 and on
@@ -211,9 +213,9 @@ def test_semi_diagnostics_record_d_band_drift_and_mask_against_softmax(tmp_path)
     assert figures["d_accuracy"] == pytest.approx((0.95 + 0.90 + 0.70 + 0.86 + 0.60) / 5, abs=1e-4)
     assert figures["d_accuracy_in_band"] == pytest.approx(2 / 3, abs=1e-4)  # steps 29, 39, 49: 0.70, 0.60 in
     assert figures["d_accuracy_last_quarter"] == pytest.approx((0.86 + 0.60) / 2, abs=1e-4)  # steps >= 30
-    assert figures["mask_less_precise_than_softmax"] == pytest.approx(2 / 4, abs=1e-4)  # of 4 rows with both
-    assert figures["mask_less_precise_last_quarter"] == pytest.approx(1 / 2, abs=1e-4)  # steps 45, 49
-    assert figures["mask_minus_softmax_last_quarter"] == pytest.approx((0.02 - 0.10) / 2, abs=1e-4)
+    assert figures["mask_less_precise_than_softmax"] == pytest.approx(3 / 6, abs=1e-4)  # of 6 rows with both
+    assert figures["mask_less_precise_last_quarter"] == pytest.approx(2 / 3, abs=1e-4)  # steps 30, 45, 49
+    assert figures["mask_minus_softmax_last_quarter"] == pytest.approx((-0.02 + 0.02 - 0.10) / 3, abs=1e-4)
 
 
 @pytest.mark.parametrize("arms, extra", [

@@ -135,7 +135,7 @@ def longer_runs(results: list[dict]) -> list[str]:
     """A line naming the runs that trained past their length: a non-finite loss skips an optimizer step
     without counting it (`seg_gan.guards`), and the length is set in optimizer steps. Files written before
     `trained_batches` was recorded are not named."""
-    longer = [r for r in results if r.get("trained_batches", r["batches"]) != r["batches"]]
+    longer = [r for r in results if r.get("trained_batches", r["batches"]) > r["batches"]]
     if not longer:
         return []
     names = [f"{r['arm']} seed {r['seed']} ({r['trained_batches']} batches, {r['skipped_steps']} step"
