@@ -88,7 +88,7 @@ def unlabeled_terms(model, out, batches_done: int) -> tuple[dict, dict]:
             scores = d.head(fake_features)[:, :, None, None] if hasattr(d, "head") else d(out.u_probs, out.u_image)
         mask = confidence_mask(scores, hp.mask_threshold, out.u_logits.shape[-2:])  # whole images
     else:  # hung: D judges G's unlabeled predictions (real/fake, or right/wrong per pixel)
-        u_d = d(out.u_probs, out.u_image)  # [Bu, 1, H, W]
+        u_d = d(model.noisy(out.u_probs), out.u_image)  # [Bu, 1, H, W]; D is only ever trained on noisy maps
         adversarial = generator_adversarial_loss(u_d, hp.adversarial_loss, torch.ones_like(u_d))
         terms["train/loss_semi_adv"] = (hp.lambda_semi_adv, adversarial)
         mask = confidence_mask(u_d, hp.mask_threshold, out.u_logits.shape[-2:])  # [Bu, H, W]
