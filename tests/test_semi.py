@@ -50,8 +50,8 @@ class RecordingDiscriminator(FCNDiscriminator):
 
 def test_instance_noise_reaches_every_map_d_judges_in_training(cityscapes_root):
     # D trained on noisy maps only must not judge clean ones: the unlabeled images' adversarial term and
-    # Hung's confidence mask were computed on clean maps, out of D's training distribution (with noise 0.3
-    # one seed's mask went empty for good by batch 180)
+    # Hung's confidence mask were computed on clean maps, out of D's training distribution (a noise-0.3
+    # pilot's mask was empty from batch 180 on)
     model = SegGAN(num_classes=19, semi_start=0, instance_noise=0.3, discriminator=RecordingDiscriminator)
     fit_one_batch(model, cityscapes_root, **SEMI)
     assert len(model.discriminator.clean) == 3  # D step; G step: labeled fake, unlabeled

@@ -257,13 +257,14 @@ def diagnostics(metrics_csv: Path, semi_start: int, batches: int) -> dict[str, f
     late = [v for step, v in accuracy if step >= semi_start]
     if late:
         means["d_accuracy_in_band"] = round(sum(D_BAND[0] <= v <= D_BAND[1] for v in late) / len(late), 4)
-    if last := [v for step, v in accuracy if step >= batches - batches // 4]:
+    last_quarter = batches - batches // 4  # the first batch of the run's last quarter
+    if last := [v for step, v in accuracy if step >= last_quarter]:
         means["d_accuracy_last_quarter"] = round(statistics.mean(last), 4)
     pairs = [(int(r["step"]), a, b) for r in rows if (a := number(r, "train/semi_mask_precision")) is not None
              and (b := number(r, "train/softmax_mask_precision_same_coverage")) is not None]  # fmt: skip
     if pairs:
         means["mask_less_precise_than_softmax"] = round(sum(a < b for _, a, b in pairs) / len(pairs), 4)
-    if last := [(a, b) for step, a, b in pairs if step >= batches - batches // 4]:  # the mask as the run ends
+    if last := [(a, b) for step, a, b in pairs if step >= last_quarter]:  # the mask as the run ends
         means["mask_less_precise_last_quarter"] = round(sum(a < b for a, b in last) / len(last), 4)
         means["mask_minus_softmax_last_quarter"] = round(statistics.mean(a - b for a, b in last), 4)
     return means
