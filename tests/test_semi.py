@@ -48,10 +48,10 @@ class RecordingDiscriminator(FCNDiscriminator):
         return super().forward(probs, image)
 
 
-def test_instance_noise_reaches_every_map_d_judges_in_training(cityscapes_root):
+def test_instance_noise_reaches_every_map_d_judges_in_hungs_scheme(cityscapes_root):
     # D trained on noisy maps only must not judge clean ones: the unlabeled images' adversarial term and
     # Hung's confidence mask were computed on clean maps, out of D's training distribution (a noise-0.3
-    # pilot's mask was empty from batch 180 on)
+    # pilot's mask was empty from batch 180 on). Hung's scheme only: s4GAN's branch is not covered here
     model = SegGAN(num_classes=19, semi_start=0, instance_noise=0.3, discriminator=RecordingDiscriminator)
     fit_one_batch(model, cityscapes_root, **SEMI)
     assert len(model.discriminator.clean) == 3  # D step; G step: labeled fake, unlabeled
