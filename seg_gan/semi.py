@@ -81,11 +81,13 @@ def unlabeled_terms(model, out, batches_done: int) -> tuple[dict, dict]:
     if hp.semi_method == "confidence":
         mask = confidence > hp.mask_threshold
     elif hp.semi_method == "s4gan":
-        real = encode_real(out.target, out.probs, hp.ignore_index, hp.real_encoding)  # [B, C, H, W]
-        fake_features = d.features(out.u_probs, out.u_image)  # [Bu, F]
+        # D is only ever trained on noisy maps (instance_noise), so its features and scores read noisy ones
+        real = model.noisy(encode_real(out.target, out.probs, hp.ignore_index, hp.real_encoding))  # [B, C, H, W]
+        u_probs = model.noisy(out.u_probs)  # [Bu, C, H, W]
+        fake_features = d.features(u_probs, out.u_image)  # [Bu, F]
         terms["train/loss_fm"] = (hp.lambda_fm, feature_matching_loss(d.features(real, out.image), fake_features))
         with torch.no_grad():
-            scores = d.head(fake_features)[:, :, None, None] if hasattr(d, "head") else d(out.u_probs, out.u_image)
+            scores = d.head(fake_features)[:, :, None, None] if hasattr(d, "head") else d(u_probs, out.u_image)
         mask = confidence_mask(scores, hp.mask_threshold, out.u_logits.shape[-2:])  # whole images
     else:  # hung: D judges G's unlabeled predictions (real/fake, or right/wrong per pixel)
         u_d = d(model.noisy(out.u_probs), out.u_image)  # [Bu, 1, H, W]; D is only ever trained on noisy maps

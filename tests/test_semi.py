@@ -14,7 +14,7 @@ from seg_gan import SegGAN
 from seg_gan.cli import main
 from seg_gan.data import CityscapesDataModule
 from seg_gan.errors import UserError
-from seg_gan.models import FCNDiscriminator
+from seg_gan.models import FCNDiscriminator, ImageDiscriminator
 
 
 def test_d_fake_batch_includes_the_unlabeled_predictions(cityscapes_root, monkeypatch):
@@ -36,25 +36,46 @@ def test_d_fake_batch_includes_the_unlabeled_predictions(cityscapes_root, monkey
     assert seen == [(2, 2), 2 + 2 + 2]  # one D forward on [real; labeled fake; unlabeled fake]
 
 
+def is_clean(maps: torch.Tensor) -> bool:
+    """Whether a map D is given is a clean softmax or label map (every value in [0, 1])."""
+    return bool(((maps >= 0) & (maps <= 1)).all())
+
+
 class RecordingDiscriminator(FCNDiscriminator):
-    """Records whether each map it is given is a clean softmax (every value in [0, 1])."""
+    """Records, per call, whether the map it is given is clean."""
 
     def __init__(self, num_classes: int):
         super().__init__(num_classes)
         self.clean = []
 
     def forward(self, probs, image):
-        self.clean.append(bool(((probs >= 0) & (probs <= 1)).all()))
+        self.clean.append(is_clean(probs))
         return super().forward(probs, image)
 
 
-def test_instance_noise_reaches_every_map_d_judges_in_hungs_scheme(cityscapes_root):
-    # D trained on noisy maps only must not judge clean ones: the unlabeled images' adversarial term and
-    # Hung's confidence mask were computed on clean maps, out of D's training distribution (a noise-0.3
-    # pilot's mask was empty from batch 180 on). Hung's scheme only: s4GAN's branch is not covered here
-    model = SegGAN(num_classes=19, semi_start=0, instance_noise=0.3, discriminator=RecordingDiscriminator)
+class RecordingImageDiscriminator(ImageDiscriminator):
+    """The same for s4GAN's image-level D: its forward and feature matching both go through `features`."""
+
+    def __init__(self, num_classes: int):
+        super().__init__(num_classes)
+        self.clean = []
+
+    def features(self, probs, image):
+        self.clean.append(is_clean(probs))
+        return super().features(probs, image)
+
+
+# D step, then the G step's calls: the labeled fake (lambda_adv > 0), then Hung's unlabeled predictions or
+# s4GAN's feature matching (unlabeled predictions, real maps; its mask reads the unlabeled features' head)
+@pytest.mark.parametrize("discriminator, method, calls", [(RecordingDiscriminator, "hung", 3),
+                                                          (RecordingImageDiscriminator, "s4gan", 4)])  # fmt: skip
+def test_instance_noise_reaches_every_map_d_judges(cityscapes_root, discriminator, method, calls):
+    # D trained on noisy maps only must not judge clean ones: Hung's unlabeled adversarial term and
+    # confidence mask, and s4GAN's feature matching and image mask, read clean maps before 1179e20 and
+    # this change (a Hung noise-0.3 pilot's mask was empty from batch 180 on)
+    model = SegGAN(num_classes=19, semi_start=0, instance_noise=0.3, semi_method=method, discriminator=discriminator)
     fit_one_batch(model, cityscapes_root, **SEMI)
-    assert len(model.discriminator.clean) == 3  # D step; G step: labeled fake, unlabeled
+    assert len(model.discriminator.clean) == calls
     assert not any(model.discriminator.clean)
 
 
