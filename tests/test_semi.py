@@ -71,8 +71,8 @@ class RecordingImageDiscriminator(ImageDiscriminator):
                                                           (RecordingImageDiscriminator, "s4gan", 4)])  # fmt: skip
 def test_instance_noise_reaches_every_map_d_judges(cityscapes_root, discriminator, method, calls):
     # D trained on noisy maps only must not judge clean ones: Hung's unlabeled adversarial term and
-    # confidence mask, and s4GAN's feature matching and image mask, read clean maps before 1179e20 and
-    # this change (a Hung noise-0.3 pilot's mask was empty from batch 180 on)
+    # confidence mask (until 1179e20), and s4GAN's feature matching and image mask (until 957c28f), read
+    # clean maps (a Hung noise-0.3 pilot's mask was empty from batch 180 on)
     model = SegGAN(num_classes=19, semi_start=0, instance_noise=0.3, semi_method=method, discriminator=discriminator)
     fit_one_batch(model, cityscapes_root, **SEMI)
     assert len(model.discriminator.clean) == calls
