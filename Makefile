@@ -42,7 +42,7 @@ bench-inference:  ## inference benchmark (whole image vs sliding window at full 
 bench-gpu:  ## GPU training step: variants, repeats, TFLOP/s and MFU against the measured matmul (needs CUDA)
 	$(PYTHON) -m seg_gan.bench gpu
 
-bench-gpu-session:  ## every GPU measurement of issue 18 in one call (~8 min on an H100), results in bench_results/
+bench-gpu-session:  ## every GPU measurement of issue 18 in one call, within BUDGET s (520), results in bench_results/
 	bash seg_gan/bench/gpu_session.sh
 
 bench-semi:  ## the CamVid semi-supervised grid: make bench-semi CAMVID=/path/to/CamVid (experiments extra)

@@ -1,7 +1,11 @@
 """The benchmarks' code paths on the CPU, and the semi-supervised study's bookkeeping."""
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -73,9 +77,45 @@ def test_gpu_benchmark_variant_that_fails_leaves_the_others_measured(capsys, tmp
     assert "Cityscapes loader |" not in table
 
 
+def test_gpu_benchmark_time_limit_starts_no_run_after_it_and_says_so(capsys, tmp_path):
+    from seg_gan.bench.__main__ import main as bench
+
+    bench([*GPU_CPU, "--out", str(tmp_path), "--time-limit", "0", "--variants", "fp32"])  # asked for: no error
+    assert not list((tmp_path / "runs").glob("*.json"))
+    table = (tmp_path / "table.md").read_text()
+    assert "- stopped early by the time limit of 0 s: no run started after it" in table
+    assert table.strip() in capsys.readouterr().out
+
+
+def test_gpu_benchmark_sigterm_ends_the_call_with_the_table(tmp_path):
+    # what `timeout` does to a GPU session that runs long: SIGTERM to the whole process group. It kills the
+    # loader's workers, so the run in progress ends in an error; that error once counted as the variant's failure,
+    # and the next variant's Trainer cleared the signal, so the call ran on to its end and a session lost all
+    out = tmp_path / "out"
+    variants = ["bf16+channels_last, Cityscapes loader", "fp32"]
+    args = list(GPU_CPU)
+    args[args.index("--loader-steps") + 1] = "100000"  # the loader-fed run lasts until the signal
+    command = [sys.executable, "-u", "-m", "seg_gan.bench", *args, "--out", str(out), "--variants", *variants]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # fmt: skip
+    printed = []
+    for line in process.stdout:  # the loader-fed fit has started once its Trainer loads the loader
+        printed.append(line)
+        if "Loading `train_dataloader`" in line and any("FLOPs per image" in p for p in printed):
+            break
+    time.sleep(3)  # its workers are up and feeding
+    os.killpg(process.pid, signal.SIGTERM)
+    rest, _ = process.communicate(timeout=120)
+    printed = "".join(printed) + rest
+    assert process.returncode != 0 and "error: stopped by SIGTERM" in printed
+    table = (out / "table.md").read_text()
+    assert "- stopped early by SIGTERM" in table and "failed" not in table
+    assert not list((out / "runs").glob("*.json"))  # fp32 (three runs left) never started
+
+
 def test_gpu_benchmark_failure_line_survives_errors_without_a_message():
     # torch.compile's internals raise bare AssertionErrors: describing one must not end the GPU call
-    from seg_gan.bench.gpu import failure
+    from seg_gan.bench.gpu_table import failure
 
     assert failure(AssertionError()) == "AssertionError"
     two_lines = RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")

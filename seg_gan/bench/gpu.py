@@ -7,11 +7,13 @@ In the same call it measures a large bf16 matmul and a large bf16 convolution on
 one training batch with FlopCounterMode (`seg_gan.bench.limits.step_flops`), and reports per variant the median
 and range of images/s over `--repeats` runs (the variants take turns, so drifts hit all alike), the step's
 TFLOP/s and its fraction of the measured matmul TFLOP/s (MFU). With `--out DIR` every run, the limits and the
-table are written as they finish. `--device cpu` with small sizes checks that all of it runs.
+table are written as they finish. `--time-limit` or a SIGTERM (from `timeout`, say) ends the call after the run
+in progress, with the table of what finished. `--device cpu` with small sizes checks that all of it runs.
 """
 
 import argparse
 import json
+import signal
 import statistics
 import tempfile
 import time
@@ -21,10 +23,12 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch._dynamo.utils import counters
 from torch.utils.data import DataLoader
 
 from seg_gan.bench.feed import Drained, RandomBatches, RepeatedCityscapes
+from seg_gan.bench.gpu_table import failure, table
 from seg_gan.bench.limits import conv_tflops, environment, matmul_tflops, step_flops
 from seg_gan.data.synthetic import write_synthetic_cityscapes
 from seg_gan.module import SegGAN
@@ -57,18 +61,6 @@ VARIANTS = {
     "bf16+channels_last, Cityscapes loader": replace(BEST, loader=True),
     "bf16+channels_last+compile, Cityscapes loader": replace(BEST, compile="training", loader=True),
 }
-# (variant, baseline, what the ratio says) printed under the table when both ran
-SUP, CL = ", supervised (no D)", "bf16+channels_last"
-RATIOS = [
-    (CL + "+compile", CL, "compile on / off (target >= 1.2)"),
-    (CL + "+compile" + SUP, CL + SUP, "compile on / off, supervised"),
-    (CL + "+compile", CL + "+compile as before (nn.Module.compile)", "compile now / as before"),
-    (CL, CL + ", unfused optimizers, host-checked skips", "fused optimizers and device-side skips / before"),
-    (CL, CL + ", host-checked skips", "device-side / host-checked skips"),
-    (CL + ", Cityscapes loader", CL, "loader-fed / in-memory (target >= 0.9)"),
-    (CL + "+compile, Cityscapes loader", CL + "+compile", "loader-fed / in-memory, compiled"),
-]
-SUPERVISED_PAIRS = [(CL, CL + SUP), (CL + "+compile", CL + "+compile" + SUP)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sync-audit", action="store_true",
                         help="CUDA: run the best variant a few batches with torch.cuda.set_sync_debug_mode('warn') "
                              "and list every host-device synchronisation by source line")  # fmt: skip
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="no run starts after this many seconds from the start; the table holds the runs "
+                             "that finished and says it stopped early (so does SIGTERM, exiting non-zero)")  # fmt: skip
 
 
 class Timer(pl.Callback):
@@ -122,6 +117,34 @@ class Timer(pl.Callback):
 
     def seconds(self) -> float:
         return self.end - self.start
+
+
+class Stop:
+    """When to start no more runs: after `seconds` (None: never) or once a SIGTERM arrived. Lightning's trainers
+    call this handler too (they keep an existing one). Without it, a SIGTERM that killed a DataLoader worker or a
+    compiler subprocess was caught as that variant's failure, the next Trainer cleared Lightning's own flag, and
+    the call ran on to its end (how a whole GPU session's results were lost)."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds, self.start, self.signalled = seconds, time.monotonic(), False
+
+    def __enter__(self) -> "Stop":
+        self.previous = signal.signal(signal.SIGTERM, self.terminate)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
+
+    def terminate(self, signum, frame) -> None:
+        self.signalled = True
+
+    def reason(self) -> str | None:
+        """Why to stop now, or None to go on."""
+        if self.signalled:
+            return "SIGTERM"
+        if self.seconds is not None and time.monotonic() - self.start > self.seconds:
+            return f"the time limit of {self.seconds:g} s"
+        return None
 
 
 class Unfused(pl.Callback):
@@ -216,37 +239,6 @@ def summary(results: dict, flops: dict, limits: dict) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict], flops: dict, limits: dict, header: str, failed: dict | None = None) -> str:
-    lines = [header, "", f"bf16 matmul {limits['matmul_tflops']:.3g} TFLOP/s, bf16 3x3 convolution "
-             f"{limits['conv_tflops']:.3g} TFLOP/s (measured in this run); MFU = step TFLOP/s / matmul TFLOP/s", "",
-             "| variant | runs | images/s (median) | range | step TFLOP/s | MFU | peak GiB | compiles while timed |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for row in rows:
-        peak = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.2f}"
-        lines.append(f"| {row['variant']} | {row['runs']} | {row['images_per_s']:.2f} | {row['min']:.2f}-"
-                     f"{row['max']:.2f} | {row['tflops']:.3g} | {row['mfu']:.1%} | {peak} | "
-                     f"{row['compiles_while_timed']} |")  # fmt: skip
-    speed = {row["variant"]: row["images_per_s"] for row in rows}
-    lines.append("")
-    for variant, baseline, what in RATIOS:
-        if variant in speed and baseline in speed:
-            lines.append(f"- {what}: {speed[variant] / speed[baseline]:.2f}")
-    for adversarial, supervised in SUPERVISED_PAIRS:
-        if adversarial in speed and supervised in speed and 0.0 in flops and 0.01 in flops:
-            time_ratio = speed[supervised] / speed[adversarial]
-            lines.append(f"- adversarial / supervised ({adversarial}): time {time_ratio:.2f}, "
-                         f"FLOPs {flops[0.01] / flops[0.0]:.2f} (target: time ratio <= FLOP ratio)")  # fmt: skip
-    lines += [f"- failed: {name} ({error}); its row, if any, holds the runs before" for name, error in
-              (failed or {}).items()]  # fmt: skip
-    return "\n".join(lines)
-
-
-def failure(error: BaseException) -> str:
-    """One line for the table: the error's type and its message (which may be empty or span lines)."""
-    message = " ".join(str(error).split())[:300]
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
-
-
 def sync_audit(options, out: Path | None) -> None:
     """Every host-device synchronisation of a few training batches of the best variant, by source line."""
     model = build(options, BEST)
@@ -274,6 +266,11 @@ def sync_audit(options, out: Path | None) -> None:
 def run(options: argparse.Namespace) -> None:
     if options.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device here; run this benchmark on a GPU machine (or --device cpu to test).")
+    with Stop(options.time_limit) as stop:
+        measure_all(options, stop)
+
+
+def measure_all(options: argparse.Namespace, stop: Stop) -> None:
     device = torch.device(options.device)
     out = Path(options.out) if options.out else None
     if out:
@@ -288,12 +285,17 @@ def run(options: argparse.Namespace) -> None:
     if out:
         record = {"environment": env, "limits": limits, "flops_per_image": flops, "options": vars(options)}
         (out / "limits.json").write_text(json.dumps(record, indent=1, default=str))
+    if options.sync_audit and options.device == "cuda":  # first: a few batches, kept by a call cut short
+        try:
+            sync_audit(options, out)
+        except (Exception, SIGTERMException) as error:  # the runs (unless a SIGTERM came) and the table still follow
+            print(f"sync audit failed: {failure(error)}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         frames = Path(options.root) if options.root else None
         if frames is None and any(VARIANTS[name].loader for name in options.variants):
             frames = write_synthetic_cityscapes(Path(tmp) / "frames", tuple(options.frame_size),
                                                 {"train": options.frames, "val": 1}, seed=0)  # fmt: skip
-        models, results, failed = {}, {name: [] for name in options.variants}, {}
+        models, results, failed, stopped = {}, {name: [] for name in options.variants}, {}, None
         header = (f"GAN training step on {env['device']}: {options.arch}-{options.encoder} + FCN D, "
                   f"batch {options.batch}, {options.crop[0]}x{options.crop[1]} crops, {options.steps} timed batches "
                   f"after {options.warmup}, up to {options.repeats} runs per variant (the runs column: how many "
@@ -303,9 +305,14 @@ def run(options: argparse.Namespace) -> None:
                   f"{env['date']}")  # fmt: skip
         for repeat in range(options.repeats):  # the variants take turns; a loader-fed variant runs once, long
             for name in [n for n in options.variants if n not in failed and not (repeat and VARIANTS[n].loader)]:
+                if stopped := stop.reason():
+                    break
                 try:
                     result = measure(options, name, models, frames)
-                except Exception as error:  # one variant's failure must not cost the others' runs
+                except (Exception, SIGTERMException) as error:  # one variant's failure must not cost the others' runs
+                    if stop.signalled:  # the SIGTERM cut this run short (Lightning's exit, a killed worker): no failure
+                        stopped = "SIGTERM"
+                        break
                     failed[name] = f"run {repeat + 1}, {failure(error)}"
                     models.pop(name, None)
                     print(f"{name} (run {repeat + 1}) failed: {failed[name]}", flush=True)
@@ -320,14 +327,15 @@ def run(options: argparse.Namespace) -> None:
                 if out:  # after a failure too, so that the file never misses one
                     done = summary({key: runs for key, runs in results.items() if runs}, flops, limits)
                     (out / "table.md").write_text(table(done, flops, limits, header, failed) + "\n")
-            models = models if repeat + 1 < options.repeats else {}
-    if options.sync_audit and options.device == "cuda":
-        try:
-            sync_audit(options, out)
-        except Exception as error:  # the table below still prints
-            print(f"sync audit failed: {failure(error)}", flush=True)
+            models = models if repeat + 1 < options.repeats and not stopped else {}
+            if stopped:
+                break
     done = summary({key: runs for key, runs in results.items() if runs}, flops, limits)
-    print("\n" + table(done, flops, limits, header, failed))
+    print("\n" + table(done, flops, limits, header, failed, stopped))
+    if out and stopped:
+        (out / "table.md").write_text(table(done, flops, limits, header, failed, stopped) + "\n")
+    if stopped == "SIGTERM":
+        raise SystemExit("error: stopped by SIGTERM; the table above holds the runs that finished.")
     if failed:
         raise SystemExit(f"error: {len(failed)} variant(s) failed: {', '.join(failed)} (their errors are listed under "
                          "the table, which holds the other variants' runs).")  # fmt: skip
