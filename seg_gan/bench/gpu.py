@@ -327,13 +327,14 @@ def measure_all(options: argparse.Namespace, stop: Stop) -> None:
                 if out:  # after a failure too, so that the file never misses one
                     done = summary({key: runs for key, runs in results.items() if runs}, flops, limits)
                     (out / "table.md").write_text(table(done, flops, limits, header, failed) + "\n")
-            models = models if repeat + 1 < options.repeats and not stopped else {}
+            models = models if repeat + 1 < options.repeats else {}
             if stopped:
                 break
     done = summary({key: runs for key, runs in results.items() if runs}, flops, limits)
-    print("\n" + table(done, flops, limits, header, failed, stopped))
-    if out and stopped:
-        (out / "table.md").write_text(table(done, flops, limits, header, failed, stopped) + "\n")
+    text = table(done, flops, limits, header, failed, stopped)
+    print("\n" + text)
+    if out:  # the same table as after the last run, with the line saying why it stopped early, if it did
+        (out / "table.md").write_text(text + "\n")
     if stopped == "SIGTERM":
         raise SystemExit("error: stopped by SIGTERM; the table above holds the runs that finished.")
     if failed:
