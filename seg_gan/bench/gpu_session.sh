@@ -3,9 +3,10 @@
 # device call limited to 10 minutes), not yet run to its end on one:
 #   bash seg_gan/bench/gpu_session.sh [OUT]      (from the repository root; OUT defaults to $OUT, else bench_results/gpu-<date>)
 # The step benchmark goes first and starts no run after its share of BUDGET (--time-limit; the variants take turns, so
-# a call cut short after the first round has every variant); every step runs under `timeout -k`, and the benchmarks
-# stop at SIGTERM with what finished, so the script ends inside BUDGET plus a few seconds whatever hangs. A variant that
-# fails is listed under the table and the others go on. Every step writes its results into OUT as it finishes:
+# a call cut short after the first round has every variant); every step after the environment runs under `timeout -k`,
+# and the benchmarks stop at SIGTERM with what finished, so the script ends inside BUDGET plus a few seconds whatever
+# hangs. A variant that fails is listed under the table and the others go on. Every step writes its results into OUT
+# as it finishes:
 #   environment.txt      card, driver, CUDA, torch and Lightning versions, CPU count, date
 #   gpu/                 python -m seg_gan.bench gpu: limits.json (bf16 matmul and conv TFLOP/s, FLOPs per image),
 #                        runs/*.json (one per run, as it ends), table.md (rewritten after each run), sync_audit.txt
