@@ -3,15 +3,17 @@
 #   bash seg_gan/bench/semi_grid.sh /path/to/CamVid 1-16 [parallel runs, default 10]
 # Every (arm, seed) run is its own process writing its JSON into seg_gan/bench/results/semi/ as it finishes
 # (runs whose file exists are skipped), so a call cut short keeps what finished. Seed-major order: whole
-# pairs first. 8 arms x 5 seeds + the full-label ceiling x 3 = 43 runs; on one H100, 12 runs at once
-# took about 5 minutes for 1000 batches each (previous grid), so the whole grid takes about 15-20 minutes.
+# pairs first, the positive control (cutmix) right after supervised, as it is read before any other arm.
+# 8 arms x 5 seeds + the full-label ceiling x 3 = 43 runs; on one H100, 12 runs at once took about 5 minutes
+# for 1000 batches each (previous grid); on one H200 (2026-11-30), 6 at once all finished inside a 235 s call
+# (84-182 s of training each), so the whole grid takes about 20-30 minutes: two or three device calls.
 set -euo pipefail
 root=${1:?usage: semi_grid.sh /path/to/CamVid LABELS [PARALLEL]}
 labels=${2:?give the labeled subset: 1-32, 1-16 or 1-8}
 parallel=${3:-10}
 work=${SEG_GAN_SEMI_WORK:-bench_results/semi}             # scaled data, weights, logs
 results=${SEG_GAN_SEMI_RESULTS:-seg_gan/bench/results/semi} # the JSON files (commit them)
-arms=${SEG_GAN_SEMI_ARMS:-supervised adversarial hung hung-noise error s4gan confidence cutmix}
+arms=${SEG_GAN_SEMI_ARMS:-supervised cutmix confidence error hung-noise hung s4gan adversarial}
 seeds=${SEG_GAN_SEMI_SEEDS:-0 1 2 3 4}
 batches=${SEG_GAN_SEMI_BATCHES:-1000}
 mkdir -p "$work/logs"
