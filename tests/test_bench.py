@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -122,6 +123,20 @@ def test_gpu_benchmark_failure_line_survives_errors_without_a_message():
     assert failure(two_lines) == "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
 
 
+def test_sync_audit_table_splits_set_up_first_batch_and_steady_state():
+    # the H200 audit listed 597 synchronisations at one torch line over 30 batches without saying when: moving
+    # the model at set-up costs once, one in every step costs every batch
+    from seg_gan.bench.gpu_table import REPO, sync_table
+
+    torch_line, repo_line = "/opt/venv/lib/python3.12/site-packages/torch/module.py:1", f"{REPO}/seg_gan/guards.py:113"
+    places = [torch_line] * 3 + ["apply.py:104", torch_line] + ["apply.py:104"] * 6 + [repo_line]
+    text = sync_table(places, [3, 5, 7, 9])  # 4 batches: 3 synchronisations before batch 0, 2 in it, 2 in each later
+    rows = {line.split()[-1]: line.split()[:3] for line in text.splitlines()[2:]}
+    assert text.startswith("host-device synchronisations by source line over 4 training batches")
+    assert rows == {"torch/module.py:1": ["3", "1", "0.00"], "apply.py:104": ["0", "1", "2.00"],
+                    "seg_gan/guards.py:113": ["0", "0", "0.33"]}  # fmt: skip
+
+
 def test_drained_loader_drops_the_prefetched_batches_once():
     from seg_gan.bench.feed import Drained
 
@@ -156,6 +171,54 @@ def test_data_benchmark_names_the_worker_count_that_reaches_the_step_rate(capsys
     printed = capsys.readouterr().out
     assert "training loader, batch 2, 0 workers" in printed and "training loader, batch 2, 1 workers" in printed
     assert re.search(r"no measured worker count reaches 1000000.0 images/s; .* about \d+ workers", printed)
+
+
+def test_data_benchmark_sigterm_ends_the_call_with_the_passes_that_finished(tmp_path):
+    # a GPU session's data step, cut off at its time limit, once printed nothing: the table came only at the end
+    command = [
+        sys.executable,
+        "-u",
+        "-m",
+        "seg_gan.bench",
+        "data",
+        "--frames",
+        "2",
+        "--frame-size",
+        "96",
+        "128",
+        "--crop",
+        "64",
+        "64",
+        "--images",
+        "8",
+        "--batch",
+        "2",
+        "--workers",
+        "0",
+        "1",
+        "--repeats",
+        "100000",
+        "--target-images-per-s",
+        "1e6",
+    ]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # fmt: skip
+    printed, deadline = [], threading.Timer(120, os.killpg, (process.pid, signal.SIGKILL))
+    deadline.start()  # a call that never prints its passes fails here instead of hanging
+    for line in process.stdout:  # every row has one finished pass once the second round begins
+        printed.append(line)
+        if line.startswith("pass 2/100000: training loader, batch 2, 1 workers"):
+            break
+    os.killpg(process.pid, signal.SIGTERM)  # as `timeout` does: the loader's workers get it too
+    rest, _ = process.communicate(timeout=60)
+    deadline.cancel()
+    printed = "".join(printed) + rest
+    assert process.returncode != 0 and "error: stopped by SIGTERM" in printed
+    table = printed[printed.index("measurement") :]
+    for row in ("bare PIL", "training pipeline, 1 worker", "training loader, batch 2, 0 workers",
+                "training loader, batch 2, 1 workers"):  # fmt: skip
+        assert re.search(re.escape(row) + r".* +\d+\.\d\d\n", table)
+    assert "no measured worker count reaches 1000000.0 images/s" in table
 
 
 def test_semi_benchmark_scales_camvid_once(camvid_root, tmp_path):

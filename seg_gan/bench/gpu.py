@@ -28,7 +28,7 @@ from torch._dynamo.utils import counters
 from torch.utils.data import DataLoader
 
 from seg_gan.bench.feed import Drained, RandomBatches, RepeatedCityscapes
-from seg_gan.bench.gpu_table import failure, table
+from seg_gan.bench.gpu_table import failure, sync_table, table
 from seg_gan.bench.limits import conv_tflops, environment, matmul_tflops, step_flops
 from seg_gan.data.synthetic import write_synthetic_cityscapes
 from seg_gan.module import SegGAN
@@ -239,25 +239,31 @@ def summary(results: dict, flops: dict, limits: dict) -> list[dict]:
     return rows
 
 
+class BatchStarts(pl.Callback):
+    """How many warnings `caught` holds as each training batch starts: the sync audit's split by batch."""
+
+    def __init__(self, caught: list):
+        self.caught, self.starts = caught, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.starts.append(len(self.caught))
+
+
 def sync_audit(options, out: Path | None) -> None:
-    """Every host-device synchronisation of a few training batches of the best variant, by source line."""
+    """Every host-device synchronisation of a few training batches of the best variant, by source line and
+    batch (set-up and batch 0 apart from the steady state, where a synchronisation costs every step)."""
     model = build(options, BEST)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        marks = BatchStarts(caught)
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            trainer(options, BEST, []).fit(model, train_data(options, BEST, None))
+            trainer(options, BEST, [marks]).fit(model, train_data(options, BEST, None))
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    places: dict[str, int] = {}
-    for warning in caught:
-        if "synchroniz" in str(warning.message):
-            place = f"{warning.filename}:{warning.lineno}"
-            places[place] = places.get(place, 0) + 1
-    batches = options.warmup + options.steps
-    ranked = sorted(places.items(), key=lambda item: -item[1])
-    text = "\n".join([f"host-device synchronisations in {batches} training batches (sync debug mode):"]
-                     + [f"  {count:5d}  {place}" for place, count in ranked])  # fmt: skip
+    syncs = ["synchroniz" in str(warning.message) for warning in caught]
+    places = [f"{warning.filename}:{warning.lineno}" for warning, sync in zip(caught, syncs, strict=True) if sync]
+    text = sync_table(places, [sum(syncs[:start]) for start in marks.starts])  # synchronisations before each batch
     print(text, flush=True)
     if out:
         (out / "sync_audit.txt").write_text(text + "\n")

@@ -1,6 +1,10 @@
 """The GPU benchmark's table: per variant the median and range of images/s, TFLOP/s and MFU, then the ratios the
 issue's targets are about (`python -m seg_gan.bench gpu` prints it and writes it as table.md)."""
 
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
 # (variant, baseline, what the ratio says) printed under the table when both ran
 SUP, CL = ", supervised (no D)", "bf16+channels_last"
 RATIOS = [
@@ -50,3 +54,22 @@ def failure(error: BaseException) -> str:
     """One line for the table: the error's type and its message (which may be empty or span lines)."""
     message = " ".join(str(error).split())[:300]
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def sync_table(places: list[str], starts: list[int]) -> str:
+    """The sync audit's counts by source line: before the first training batch starts (set-up, and batch 0's copy
+    to the device), in batch 0, and per batch over the later ones. `places`: one source line per synchronisation,
+    in order; `starts`: how many had happened when each batch started (Lightning copies batch k to the device just
+    before batch k starts, so that copy counts with batch k - 1)."""
+    bounds = [0, *starts[:2], len(places)]  # set-up | batch 0 | the later batches
+    later = max(len(starts) - 1, 1)
+    counts: dict[str, list[float]] = {}
+    for group, (begin, end) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        for place in places[begin:end]:  # relative to site-packages or the repository: no machine's paths
+            place = place.split("site-packages/")[-1].removeprefix(f"{REPO}/")
+            counts.setdefault(place, [0, 0, 0])[group] += 1
+    lines = [f"host-device synchronisations by source line over {len(starts)} training batches (sync debug mode):",
+             "  before batch 0   batch 0   per later batch   source line"]  # fmt: skip
+    for place, (setup, first, rest) in sorted(counts.items(), key=lambda item: -sum(item[1])):
+        lines.append(f"  {setup:14.0f}  {first:8.0f}  {rest / later:16.2f}   {place}")
+    return "\n".join(lines)
