@@ -93,8 +93,9 @@ def workers_needed(rates: dict[int, float], target: float) -> str:
     )
 
 
-class Stopped(Exception):
-    """A SIGTERM arrived: no more passes; the table of those that finished follows."""
+class Stopped(BaseException):
+    """A SIGTERM arrived: no more passes; the table of those that finished follows (a BaseException, so that
+    no `except Exception` on the way, DataLoader's included, takes it for an error of its own)."""
 
 
 def run(options: argparse.Namespace) -> None:
