@@ -175,32 +175,8 @@ def test_data_benchmark_names_the_worker_count_that_reaches_the_step_rate(capsys
 
 def test_data_benchmark_sigterm_ends_the_call_with_the_passes_that_finished(tmp_path):
     # a GPU session's data step, cut off at its time limit, once printed nothing: the table came only at the end
-    command = [
-        sys.executable,
-        "-u",
-        "-m",
-        "seg_gan.bench",
-        "data",
-        "--frames",
-        "2",
-        "--frame-size",
-        "96",
-        "128",
-        "--crop",
-        "64",
-        "64",
-        "--images",
-        "8",
-        "--batch",
-        "2",
-        "--workers",
-        "0",
-        "1",
-        "--repeats",
-        "100000",
-        "--target-images-per-s",
-        "1e6",
-    ]
+    options = "--frames 2 --frame-size 96 128 --crop 64 64 --images 8 --batch 2 --workers 0 1 --repeats 100000"
+    command = [sys.executable, "-u", "-m", "seg_gan.bench", "data", *options.split(), "--target-images-per-s", "1e6"]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)  # fmt: skip
     printed, deadline = [], threading.Timer(120, os.killpg, (process.pid, signal.SIGKILL))

@@ -1,6 +1,7 @@
 """The GPU benchmark's table: per variant the median and range of images/s, TFLOP/s and MFU, then the ratios the
 issue's targets are about (`python -m seg_gan.bench gpu` prints it and writes it as table.md)."""
 
+from itertools import pairwise
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +65,7 @@ def sync_table(places: list[str], starts: list[int]) -> str:
     bounds = [0, *starts[:2], len(places)]  # set-up | batch 0 | the later batches
     later = max(len(starts) - 1, 1)
     counts: dict[str, list[float]] = {}
-    for group, (begin, end) in enumerate(zip(bounds, bounds[1:], strict=False)):
+    for group, (begin, end) in enumerate(pairwise(bounds)):
         for place in places[begin:end]:  # relative to site-packages or the repository: no machine's paths
             place = place.split("site-packages/")[-1].removeprefix(f"{REPO}/")
             counts.setdefault(place, [0, 0, 0])[group] += 1
