@@ -388,7 +388,7 @@ def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     # paired val differences 6, 5, 4 points: mean 5, t(0.975, 2) = 4.303, sem = 1 / sqrt(3)
     mean, low, high = interval([0.06, 0.05, 0.04])
     assert (mean, round(low, 4), round(high, 4)) == (pytest.approx(0.05), 0.0252, 0.0748)
-    assert "+5.0 [+2.5, +7.5] 3/3 gain" in rows["cutmix"]
+    assert "+5.0 [+2.5, +7.5] 3/3 |" in rows["cutmix"]  # clear of zero, but 3 pairs claim nothing (5 do)
     assert "| +50% / +60% |" in rows["cutmix"]  # (56 - 51) / (61 - 51) on val; (56 - 50) / (60 - 50) on test
     assert rows["full"].startswith("| full | 0 | 61.0 | 60.0 |")
     assert rows["supervised-x"].endswith("| 0,1 | 41.0 ± 1.4 | 41.0 ± 1.4 |  |  |  |")
@@ -424,6 +424,21 @@ def test_semi_gap_closed_counts_the_seeds_an_arm_shares_with_supervised(tmp_path
     row = next(line for line in tables(tmp_path).splitlines() if line.startswith("| cutmix |"))
     # +1.0 on seeds 0 and 1, whose supervised mean is 41.0: 1.0 / (60 - 41) = +5%, not (42 - 44) / 16 = -12%
     assert row.endswith("| +5% / +5% |")
+
+
+@pytest.mark.parametrize("seeds, word", [(4, ""), (5, " gain")])
+def test_semi_table_claims_a_gain_only_over_the_protocols_five_pairs(tmp_path, seeds, word):
+    from seg_gan.bench.semi_table import tables
+
+    for seed in range(seeds):  # the arm leads by 2.0-2.4 points on every seed: the interval is clear of zero
+        for arm, miou in [("supervised", 0.50), ("confidence", 0.52 + seed / 1000), ("error", 0.48 - seed / 1000)]:
+            iou = {"Sky": miou}
+            result = {"arm": arm, "labels": "1-16", "seed": seed, "val_mIoU": miou, "test_mIoU": miou,
+                      "batches": 1000, "val_iou": iou, "test_iou": iou, "diagnostics": {}}  # fmt: skip
+            (tmp_path / f"{arm}-1-16-seed{seed}.json").write_text(json.dumps(result))
+    rows = {line.split(" | ")[0]: line for line in tables(tmp_path).splitlines() if line.startswith("| ")}
+    assert f" {seeds}/{seeds}{word} |" in rows["| confidence"]
+    assert f" 0/{seeds}{word.replace('gain', 'loss')} |" in rows["| error"]
 
 
 def test_class_balanced_labeled_lists():

@@ -2,8 +2,9 @@
 
 Per labeled subset, arm and run length: mean and std of val and test mIoU; the paired difference to the
 supervised arm (same seeds and length only) with its 95% t-interval and sign count; the share of the
-supervised-to-full gap closed; then per-class test IoU and the mask diagnostics. A gain is claimed only
-where the interval excludes zero.
+supervised-to-full gap closed; then per-class test IoU and the mask diagnostics. A gain (or loss) is
+claimed only where the interval excludes zero over the protocol's 5 pairs: a t-interval on one or two
+degrees of freedom can exclude zero by chance when a few pairs happen to lie close together.
 """
 
 import json
@@ -13,6 +14,7 @@ from pathlib import Path
 from scipy import stats
 
 BATCHES = 1000  # the study's run length; runs of another length are rows of their own
+CLAIM_PAIRS = 5  # the protocol's seeds per arm: fewer pairs print their interval but claim nothing
 ORDER = ["supervised", "adversarial", "hung", "hung-noise", "error", "s4gan", "confidence", "cutmix", "full"]
 
 
@@ -78,7 +80,7 @@ def difference(results: list[dict], arm: str, batches: int, split: str) -> str:
     if found is None:
         return f"{differences[0] * 100:+.1f} (1 pair)"
     mean, low, high = found
-    verdict = " gain" if low > 0 else " loss" if high < 0 else ""
+    verdict = "" if len(differences) < CLAIM_PAIRS else " gain" if low > 0 else " loss" if high < 0 else ""
     return f"{mean * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}] {wins}/{len(differences)}{verdict}"
 
 
