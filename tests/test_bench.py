@@ -441,6 +441,25 @@ def test_semi_table_claims_a_gain_only_over_the_protocols_five_pairs(tmp_path, s
     assert f" 0/{seeds}{word.replace('gain', 'loss')} |" in rows["| error"]
 
 
+def test_semi_grid_runs_the_control_pairs_first_then_the_other_arms_seed_major(tmp_path):
+    def plan(**env):
+        found = subprocess.run(["bash", str(REPO / "seg_gan/bench/semi_grid.sh"), str(tmp_path), "1-16"], cwd=tmp_path,
+                               env=os.environ | {"SEG_GAN_SEMI_DRY_RUN": "1"} | env, capture_output=True, text=True,
+                               check=True)  # fmt: skip
+        return found.stdout.split("\n")[:-1]
+
+    grid = plan()
+    control = [f"{arm} {seed}" for seed in range(5) for arm in ("supervised", "cutmix")]
+    assert grid[:10] == control  # the control is read first: its 5 pairs before any other arm's run
+    assert grid[10:18] == [f"{arm} 0" for arm in ("confidence", "error", "hung-noise", "hung", "s4gan", "adversarial",
+                                                  "full")] + ["confidence 1"]  # fmt: skip
+    assert len(grid) == len(set(grid)) == 43 and sum(run.startswith("full") for run in grid) == 3
+    # without both control arms there is no control to put first: the arms as given, seed-major
+    assert plan(SEG_GAN_SEMI_ARMS="hung supervised", SEG_GAN_SEMI_SEEDS="3 0") == [
+        "hung 3", "supervised 3", "hung 0", "supervised 0", "full 0"]  # fmt: skip
+    assert list(tmp_path.iterdir()) == []  # a dry run prepares nothing
+
+
 def test_class_balanced_labeled_lists():
     from seg_gan.data.splits import choose_balanced
 

@@ -2,8 +2,10 @@
 # The semi-supervised study's whole grid in one call, for a machine with a GPU (or many cores):
 #   bash seg_gan/bench/semi_grid.sh /path/to/CamVid 1-16 [parallel runs, default 10]
 # Every (arm, seed) run is its own process writing its JSON into seg_gan/bench/results/semi/ as it finishes
-# (runs whose file exists are skipped), so a call cut short keeps what finished. Seed-major order: whole
-# pairs first, the positive control (cutmix) right after supervised, as it is read before any other arm.
+# (runs whose file exists are skipped), so a call cut short keeps what finished. The positive control's pairs
+# (supervised and cutmix, every seed) run first: the control is read before any other arm, and if it shows no
+# gain the other arms' runs would be spent on a protocol in doubt. Then the other arms, seed-major (whole
+# pairs first). SEG_GAN_SEMI_DRY_RUN=1 prints the order ("arm seed" per line) and exits.
 # 8 arms x 5 seeds + the full-label ceiling x 3 = 43 runs; on one H100, 12 runs at once took about 5 minutes
 # for 1000 batches each (previous grid); on one H200 (2026-11-30), 6 at once all finished inside a 235 s call
 # (84-182 s of training each), so the whole grid takes about 20-30 minutes: two or three device calls.
@@ -16,16 +18,21 @@ results=${SEG_GAN_SEMI_RESULTS:-seg_gan/bench/results/semi} # the JSON files (co
 arms=${SEG_GAN_SEMI_ARMS:-supervised cutmix confidence error hung-noise hung s4gan adversarial}
 seeds=${SEG_GAN_SEMI_SEEDS:-0 1 2 3 4}
 batches=${SEG_GAN_SEMI_BATCHES:-1000}
+control=""  # the control's pairs, where both arms are in the grid
+case " $arms " in *" supervised "*) case " $arms " in *" cutmix "*) control="supervised cutmix" ;; esac ;; esac
+plan() {
+  for seed in $seeds; do for arm in $control; do echo "$arm $seed"; done; done
+  for seed in $seeds; do
+    for arm in $arms; do case " $control " in *" $arm "*) ;; *) echo "$arm $seed" ;; esac; done
+    if [ "$seed" -lt 3 ]; then echo "full $seed"; fi
+  done
+}
+if [ -n "${SEG_GAN_SEMI_DRY_RUN:-}" ]; then plan; exit 0; fi
 mkdir -p "$work/logs"
 # prepare once (scaled CamVid copy, converted encoder weights) before the runs start side by side
 python -m seg_gan.bench semi --root "$root" --labels "$labels" --arms supervised --seeds 0 --batches 1 \
   --work "$work" --results "$work/prepare" > "$work/logs/prepare.log" 2>&1
-{
-  for seed in $seeds; do
-    for arm in $arms; do echo "$arm $seed"; done
-    if [ "$seed" -lt 3 ]; then echo "full $seed"; fi
-  done
-} | xargs -P "$parallel" -L 1 bash -c 'python -m seg_gan.bench semi --root "'"$root"'" --labels "'"$labels"'" \
+plan | xargs -P "$parallel" -L 1 bash -c 'python -m seg_gan.bench semi --root "'"$root"'" --labels "'"$labels"'" \
       --arms "$0" --seeds "$1" --batches "'"$batches"'" --work "'"$work"'" --results "'"$results"'" \
       > "'"$work"'/logs/$0-$1.log" 2>&1 || echo "failed: $0 seed $1"'
 python -m seg_gan.bench semi --table-only --results "$results"
