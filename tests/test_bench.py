@@ -382,6 +382,8 @@ def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     late = {"semi_mask_precision": 0.96, "mask_minus_softmax_last_quarter": 0.0126,
             "mask_less_precise_last_quarter": 0.04}  # fmt: skip
     write("hung-noise", "1-16", 0, 0.50, 0.49, diagnostics=late)
+    for seed, lead in enumerate([0.02, -0.01, 0.0], start=1):  # D's mask as the run ends, per seed: 1 of 3 above
+        write("error", "1-16", seed, 0.5, 0.5, diagnostics={"mask_minus_softmax_last_quarter": lead})
     main, classes, masks = tables(tmp_path).strip().split("\n\n")[1:4]  # after the heading
     rows = {line.split(" | ")[0].strip("| "): line for line in (main + "\n" + classes).splitlines()}
     assert "| 0,1,2 | 51.0 ± 1.0 | 50.0 ± 1.0 |" in rows["supervised"]
@@ -397,6 +399,7 @@ def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     assert f"{cutmix} - | - | - |" in masks  # the teacher's softmax: no comparison, also not in the last quarter
     assert "| confidence |" not in masks
     assert "| hung-noise | 0.960 | - | - | - | +0.013 | 0.040 | - | - | - |" in masks  # a late gain keeps its sign
+    assert "| error | - | - | - | - | +0.003 (1/3 seeds > 0) | - |" in masks  # a tie counts as not above
     # no precision (never selected); the band figures come from the diagnostics, absent ones read "-"
     assert "| s4gan | (empty mask) | (empty mask) | 0.000 | - | - | - | 0.500 | 0.800 | 0.250 |" in masks
     assert rows["error-probe300 (300 batches)"] == "| error-probe300 (300 batches) | 0 | 40.0 | 40.0 |  |  |  |"

@@ -160,8 +160,9 @@ def per_class(results: list[dict], rows: list[tuple[str, int]]) -> str:
 
 def mask_table(results: list[dict], rows: list[tuple[str, int]]) -> str:
     """Means over seeds of the logged mask and D figures (the shares of batches: from self-training's start
-    for D's band, `seg_gan.bench.semi.diagnostics`); a mask that was empty in every logged batch has no
-    precision, and says so instead of a dash (which would read as a figure not logged)."""
+    for D's band, `seg_gan.bench.semi.diagnostics`), and over several seeds how many had a mask more precise
+    than G's softmax over the last quarter; a mask that was empty in every logged batch has no precision,
+    and says so instead of a dash (which would read as a figure not logged)."""
     keys = ["semi_mask_precision", "softmax_mask_precision_same_coverage", "semi_mask_coverage",
             "mask_less_precise_than_softmax", "mask_minus_softmax_last_quarter", "mask_less_precise_last_quarter",
             "d_accuracy", "d_accuracy_last_quarter", "d_accuracy_in_band"]  # fmt: skip
@@ -173,6 +174,9 @@ def mask_table(results: list[dict], rows: list[tuple[str, int]]) -> str:
         runs = [r["diagnostics"] for r in runs_of(results, *row)]
         cells = [format(statistics.mean(v), "+.3f" if "minus" in k else ".3f") if (v := [d[k] for d in runs if k in d])
                  else "-" for k in keys]  # fmt: skip
+        late = [d[keys[4]] for d in runs if keys[4] in d]
+        if len(late) > 1:  # the claim about D's mask rests on each seed, not on the mean alone
+            cells[4] += f" ({sum(x > 0 for x in late)}/{len(late)} seeds > 0)"
         if runs and all(d.get("semi_mask_coverage") == 0 and keys[0] not in d for d in runs):
             cells[:2] = ["(empty mask)", "(empty mask)"]
         if method(row[0]) in ("confidence", "cutmix") and any(runs):  # a max-softmax mask (cutmix: the teacher's)
