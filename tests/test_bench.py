@@ -399,7 +399,7 @@ def test_semi_tables_from_result_files_with_paired_intervals(tmp_path):
     assert f"{cutmix} - | - | - |" in masks  # the teacher's softmax: no comparison, also not in the last quarter
     assert "| confidence |" not in masks
     assert "| hung-noise | 0.960 | - | - | - | +0.013 | 0.040 | - | - | - |" in masks  # a late gain keeps its sign
-    assert "| error | - | - | - | - | +0.003 (1/3 seeds > 0) | - |" in masks  # a tie counts as not above
+    assert "| error | - | - | - | - | +0.003 (ahead on 1 of 3 seeds) | - |" in masks  # a tie is not ahead
     # no precision (never selected); the band figures come from the diagnostics, absent ones read "-"
     assert "| s4gan | (empty mask) | (empty mask) | 0.000 | - | - | - | 0.500 | 0.800 | 0.250 |" in masks
     assert rows["error-probe300 (300 batches)"] == "| error-probe300 (300 batches) | 0 | 40.0 | 40.0 |  |  |  |"
@@ -446,8 +446,9 @@ def test_semi_table_claims_a_gain_only_over_the_protocols_five_pairs(tmp_path, s
 
 def test_semi_grid_runs_the_control_pairs_first_then_the_other_arms_seed_major(tmp_path):
     def plan(**env):
+        clean = {key: value for key, value in os.environ.items() if not key.startswith("SEG_GAN_SEMI_")}
         found = subprocess.run(["bash", str(REPO / "seg_gan/bench/semi_grid.sh"), str(tmp_path), "1-16"], cwd=tmp_path,
-                               env=os.environ | {"SEG_GAN_SEMI_DRY_RUN": "1"} | env, capture_output=True, text=True,
+                               env=clean | {"SEG_GAN_SEMI_DRY_RUN": "1"} | env, capture_output=True, text=True,
                                check=True)  # fmt: skip
         return found.stdout.split("\n")[:-1]
 
@@ -460,6 +461,9 @@ def test_semi_grid_runs_the_control_pairs_first_then_the_other_arms_seed_major(t
     # without both control arms there is no control to put first: the arms as given, seed-major
     assert plan(SEG_GAN_SEMI_ARMS="hung supervised", SEG_GAN_SEMI_SEEDS="3 0") == [
         "hung 3", "supervised 3", "hung 0", "supervised 0", "full 0"]  # fmt: skip
+    # any whitespace between the names: the control is still found and put first
+    assert plan(SEG_GAN_SEMI_ARMS="hung\tcutmix\n supervised", SEG_GAN_SEMI_SEEDS="0")[:3] == [
+        "supervised 0", "cutmix 0", "hung 0"]  # fmt: skip
     assert list(tmp_path.iterdir()) == []  # a dry run prepares nothing
 
 

@@ -9,13 +9,13 @@
 # 8 arms x 5 seeds + the full-label ceiling x 3 = 43 runs; on one H100, 12 runs at once took about 5 minutes
 # for 1000 batches each (previous grid); on one H200 (2026-11-30), 6 at once all finished inside a 235 s call
 # (84-182 s of training each), so the whole grid takes about 20-30 minutes: two or three device calls.
-set -euo pipefail
+set -euo pipefail -f  # -f: arm names are never file patterns
 root=${1:?usage: semi_grid.sh /path/to/CamVid LABELS [PARALLEL]}
 labels=${2:?give the labeled subset: 1-32, 1-16 or 1-8}
 parallel=${3:-10}
 work=${SEG_GAN_SEMI_WORK:-bench_results/semi}             # scaled data, weights, logs
 results=${SEG_GAN_SEMI_RESULTS:-seg_gan/bench/results/semi} # the JSON files (commit them)
-arms=${SEG_GAN_SEMI_ARMS:-supervised cutmix confidence error hung-noise hung s4gan adversarial}
+arms=$(echo ${SEG_GAN_SEMI_ARMS:-supervised cutmix confidence error hung-noise hung s4gan adversarial})  # 1 space apart
 seeds=${SEG_GAN_SEMI_SEEDS:-0 1 2 3 4}
 batches=${SEG_GAN_SEMI_BATCHES:-1000}
 control=""  # the control's pairs, where both arms are in the grid
@@ -27,7 +27,7 @@ plan() {
     if [ "$seed" -lt 3 ]; then echo "full $seed"; fi
   done
 }
-if [ -n "${SEG_GAN_SEMI_DRY_RUN:-}" ]; then plan; exit 0; fi
+if [ "${SEG_GAN_SEMI_DRY_RUN:-0}" = 1 ]; then plan; exit 0; fi
 mkdir -p "$work/logs"
 # prepare once (scaled CamVid copy, converted encoder weights) before the runs start side by side
 python -m seg_gan.bench semi --root "$root" --labels "$labels" --arms supervised --seeds 0 --batches 1 \

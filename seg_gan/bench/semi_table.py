@@ -3,8 +3,8 @@
 Per labeled subset, arm and run length: mean and std of val and test mIoU; the paired difference to the
 supervised arm (same seeds and length only) with its 95% t-interval and sign count; the share of the
 supervised-to-full gap closed; then per-class test IoU and the mask diagnostics. A gain (or loss) is
-claimed only where the interval excludes zero over the protocol's 5 pairs: a t-interval on one or two
-degrees of freedom can exclude zero by chance when a few pairs happen to lie close together.
+claimed only where the interval excludes zero over at least the 5 pairs the protocol fixed before any
+result was seen: an arm read while its grid is incomplete claims nothing, whatever its interval says.
 """
 
 import json
@@ -176,7 +176,7 @@ def mask_table(results: list[dict], rows: list[tuple[str, int]]) -> str:
                  else "-" for k in keys]  # fmt: skip
         late = [d[keys[4]] for d in runs if keys[4] in d]
         if len(late) > 1:  # the claim about D's mask rests on each seed, not on the mean alone
-            cells[4] += f" ({sum(x > 0 for x in late)}/{len(late)} seeds > 0)"
+            cells[4] += f" (ahead on {sum(x > 0 for x in late)} of {len(late)} seeds)"
         if runs and all(d.get("semi_mask_coverage") == 0 and keys[0] not in d for d in runs):
             cells[:2] = ["(empty mask)", "(empty mask)"]
         if method(row[0]) in ("confidence", "cutmix") and any(runs):  # a max-softmax mask (cutmix: the teacher's)
