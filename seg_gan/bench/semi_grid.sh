@@ -6,9 +6,9 @@
 # (supervised and cutmix, every seed) run first: the control is read before any other arm, and if it shows no
 # gain the other arms' runs would be spent on a protocol in doubt. Then the other arms, seed-major (whole
 # pairs first). SEG_GAN_SEMI_DRY_RUN=1 prints the order ("arm seed" per line) and exits.
-# 8 arms x 5 seeds + the full-label ceiling x 3 = 43 runs; on one H100, 12 runs at once took about 5 minutes
-# for 1000 batches each (previous grid); on one H200 (2026-11-30), 6 at once all finished inside a 235 s call
-# (84-182 s of training each), so the whole grid takes about 20-30 minutes: two or three device calls.
+# 8 arms x 5 seeds + the full-label ceiling x 3 = 43 runs of 2000 batches (SEG_GAN_SEMI_BATCHES; the length at
+# which the control gains on val, bench README "Run length"). On one H200 (2026-11-30), 6 runs of 1000 batches at
+# once trained 84-182 s each, so the grid at 2000 takes about 40 minutes of GPU time: four or five device calls.
 set -euo pipefail -f  # -f: arm names are never file patterns
 root=${1:?usage: semi_grid.sh /path/to/CamVid LABELS [PARALLEL]}
 labels=${2:?give the labeled subset: 1-32, 1-16 or 1-8}
@@ -17,7 +17,7 @@ work=${SEG_GAN_SEMI_WORK:-bench_results/semi}             # scaled data, weights
 results=${SEG_GAN_SEMI_RESULTS:-seg_gan/bench/results/semi} # the JSON files (commit them)
 arms=$(echo ${SEG_GAN_SEMI_ARMS:-supervised cutmix confidence error hung-noise hung s4gan adversarial})  # 1 space apart
 seeds=${SEG_GAN_SEMI_SEEDS:-0 1 2 3 4}
-batches=${SEG_GAN_SEMI_BATCHES:-1000}
+batches=${SEG_GAN_SEMI_BATCHES:-2000}
 control=""  # the control's pairs, where both arms are in the grid
 case " $arms " in *" supervised "*) case " $arms " in *" cutmix "*) control="supervised cutmix" ;; esac ;; esac
 plan() {
