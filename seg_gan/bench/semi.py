@@ -1,7 +1,8 @@
 """The semi-supervised study on CamVid: which way of using unlabeled images helps, against the field's
 positive control and a supervised baseline trained on the same few labels.
 
-    python -m seg_gan.bench semi --root /path/to/CamVid --labels 1-16 --arms supervised cutmix --seeds 0 1 2 3 4
+    python -m seg_gan.bench semi --root /path/to/CamVid --labels 1-16 --arms supervised cutmix --seeds 0 1 2 3 4 \
+        --batches 2000                                        # the study's length (semi_grid.sh runs it)
     python -m seg_gan.bench semi --table-only                 # the tables from the committed result files
     python -m seg_gan.bench semi --root /path/to/CamVid --make-splits configs/splits
 
@@ -74,7 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--labels", default="1-16", choices=list(LABELS), help="labeled subset (configs/splits)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--batches", type=int, default=BATCHES, help="training batches per run")
+    parser.add_argument(
+        "--batches", type=int, default=BATCHES, help="training batches per run (the study, semi_grid.sh, runs 2000)"
+    )
     parser.add_argument("--size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
     parser.add_argument("--semi-start", type=int, help="first self-training batch (default: batches // 4)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more CLI options for every run")

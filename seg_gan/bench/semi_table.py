@@ -13,7 +13,7 @@ from pathlib import Path
 
 from scipy import stats
 
-BATCHES = 1000  # the study's run length; runs of another length are rows of their own
+BATCHES = 1000  # semi.py's default run length (names carry any other; the grid runs 2000); other lengths: own rows
 CLAIM_PAIRS = 5  # the protocol's seeds per arm: fewer pairs print their interval but claim nothing
 ORDER = ["supervised", "adversarial", "hung", "hung-noise", "error", "s4gan", "confidence", "cutmix", "full"]
 
