@@ -152,6 +152,7 @@ def test_sweep_definition_names_real_parameters():
     (["--model.encoder_name", "resnet1"], "model.encoder_name: unknown encoder 'resnet1'"),
     (["--data.crop_size", "[0, 64]"], "data.crop_size: [0, 64] must be two positive integers"),
     (["--data.crop_size", "[16, 64]"], "data.crop_size: [16, 64] is smaller than 32 pixels"),
+    (["--data.passes_per_epoch", "0"], "data.passes_per_epoch: 0 is below 1"),
     (["--data.root", "/nonexistent/cityscapes"], "data.root: '/nonexistent/cityscapes' does not exist"),
     (["--checkpoint.every_n_batches", "0"], "checkpoint.every_n_batches: 0 must be at least 1"),
     (["--trainer.gradient_clip_val", "1.0"], "Expected --model.gradient_clip_val"),

@@ -1,19 +1,20 @@
 """Validation, test and predict batch whole images by size: eval_batch_size > 1 works on images of mixed
-sizes, every image is seen exactly once, and the metrics do not depend on the batch size."""
+sizes, every image is seen exactly once, and the metrics do not depend on the batch size. Training epochs of
+several passes give exactly the batches of as many one-pass epochs."""
 
 import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from conftest import SIZES, mixed_cityscapes, tiny_args
+from conftest import SEMI, SIZES, fit_one_batch, mixed_cityscapes, snapshot, tiny_args
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
 from torch.utils.data import SequentialSampler
 
 from seg_gan import SegGAN
 from seg_gan.cli import main
-from seg_gan.data import CityscapesDataModule
-from seg_gan.data.samplers import SizeGroupedBatchSampler
+from seg_gan.data import CityscapesDataModule, samplers
+from seg_gan.data.samplers import SeededSampler, SizeGroupedBatchSampler
 
 
 def test_size_grouped_batches_hold_one_size_and_every_index_once():
@@ -66,3 +67,43 @@ def test_predict_a_folder_of_mixed_sizes_in_batches_of_two(cityscapes_root, tmp_
     for index, size in enumerate(SIZES):
         assert np.array(Image.open(out / "trainIds" / "photos" / f"{index}_trainIds.png")).shape == size
         assert np.array(Image.open(out / "color" / "photos" / f"{index}_color.png")).shape == (*size, 3)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+@pytest.mark.parametrize("size, num_samples", [(23, None), (7, 40)], ids=["labeled", "unlabeled-stream"])
+def test_an_epoch_of_passes_chains_one_pass_epochs_cut_to_whole_batches(monkeypatch, world_size, size, num_samples):
+    for rank in range(world_size):
+        monkeypatch.setattr(samplers, "world", lambda rank=rank: (rank, world_size))
+        chained = SeededSampler(size, num_samples, seed=5, stream=1, passes=3, batch_size=4)
+        chained.set_epoch(2)  # passes 6, 7, 8 of a one-pass sampler
+        expected = []
+        for epoch in (6, 7, 8):
+            one = SeededSampler(size, num_samples, seed=5, stream=1)
+            one.set_epoch(epoch)
+            items = list(one)
+            assert len(items) == len(one) == (num_samples or size) // world_size
+            expected += items[: len(items) // 4 * 4]  # what a loader's drop_last keeps of a one-pass epoch
+        assert list(chained) == expected
+        assert len(chained) == len(expected) and len(expected) % 4 == 0
+        passes = [expected[i : i + len(expected) // 3] for i in range(0, len(expected), len(expected) // 3)]
+        assert passes[0] != passes[1] != passes[2]  # fresh orders (and augmentation seeds) per pass
+        if num_samples is None and world_size == 1:  # each labeled pass: distinct images, 20 of 23
+            assert all(len({index for index, _ in one_pass}) == 20 for one_pass in passes)
+
+
+def test_training_with_three_passes_per_epoch_ends_with_the_weights_of_one_pass_epochs(cityscapes_root):
+    # 4 labeled images at batch 3: one batch per pass, one image dropped; the unlabeled stream and the
+    # adversarial terms (instance noise draws from torch's generator) ride along; 4 batches cross an epoch end.
+    # Persistent workers, as the study runs: a loader without them draws its workers' seed from torch's
+    # generator at every epoch's start, so fewer epochs would shift the noise (the batches stay the same)
+    weights = {}
+    for passes in (1, 3):
+        torch.manual_seed(0)
+        model = SegGAN(num_classes=19, semi_start=0, instance_noise=0.3)
+        fit_one_batch(model, cityscapes_root, max_steps=8, batch_size=3, passes_per_epoch=passes, num_workers=1,
+                      persistent_workers=True, **SEMI)  # fmt: skip
+        assert model.trainer.fit_loop.epoch_loop.total_batch_idx + 1 == 4
+        assert model.trainer.current_epoch == {1: 4, 3: 2}[passes]  # epochs begun: 4, or one of 3 and a second
+        weights[passes] = snapshot(model)
+    assert weights[1].keys() == weights[3].keys()
+    assert all(torch.equal(weights[1][name], weights[3][name]) for name in weights[1])

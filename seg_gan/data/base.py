@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import CombinedLoader
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -125,6 +125,11 @@ class SegmentationDataModule(pl.LightningDataModule):
         unlabeled_stream: also feed the training images outside the labeled subset, without labels,
             as a second stream for semi-supervised training (each batch is then a dict with
             "labeled" and "unlabeled"; the epoch has as many batches as the labeled loader).
+        passes_per_epoch: passes over the labeled images per training epoch, >= 1. The batches are
+            exactly those of as many one-pass epochs (`SeededSampler`; with persistent workers the whole
+            run is), but the loader restarts once per epoch: with a labeled set of a few batches it would
+            wait for a batch's loading every few batches. Epoch-counted settings (max_epochs,
+            check_val_every_n_epoch) count these epochs.
     """
 
     default_crop_size = (512, 1024)
@@ -156,6 +161,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         unlabeled_stream: bool = False,
         predict_dir: str | None = None,
+        passes_per_epoch: int = 1,
     ):
         super().__init__()
         crop_size = self.default_crop_size if crop_size is None else crop_size
@@ -172,6 +178,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             raise UserError(
                 f"data.labeled_fraction: {labeled_fraction} is outside (0, 1]. Expected e.g. 0.125, 0.25, 0.5 or 1.0."
             )
+        if passes_per_epoch < 1:
+            raise UserError(f"data.passes_per_epoch: {passes_per_epoch} is below 1; expected a whole number >= 1.")
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
@@ -179,7 +187,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.hflip, self.color_jitter = hflip, color_jitter
         self.eval_size = None if eval_size is None else tuple(eval_size)
         self.labeled_fraction, self.labeled_list, self.split_seed = labeled_fraction, labeled_list, split_seed
-        self.unlabeled_stream = unlabeled_stream
+        self.unlabeled_stream, self.passes_per_epoch = unlabeled_stream, passes_per_epoch
         self.predict_dir = None if predict_dir is None else Path(predict_dir).expanduser()
         self.labeled_names: list[str] = []
         self.unlabeled_samples: list[Sample] = []
@@ -266,17 +274,11 @@ class SegmentationDataModule(pl.LightningDataModule):
                 "resumed, or data.labeled_list pointing at that run's labeled_split.txt."
             )
 
-    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler) -> DataLoader:
-        """A training loader: its SeededSampler draws the order; the last incomplete batch is dropped."""
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=True,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
+    def _loader(self, dataset: Dataset, num_samples: int | None = None, stream: int = 0) -> DataLoader:
+        """A training loader: a SeededSampler of `passes_per_epoch` passes, each cut to whole batches."""
+        sampler = SeededSampler(len(dataset), num_samples, run_seed(), stream, self.passes_per_epoch, self.batch_size)
+        return DataLoader(dataset, self.batch_size, sampler=sampler, drop_last=True, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=self.persistent_workers)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         if len(self.train_set) < self.batch_size:
@@ -284,7 +286,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                 f"data.batch_size: {self.batch_size} is larger than the {len(self.train_set)} "
                 "labeled training images; expected a batch size no larger than that."
             )
-        labeled = self._loader(self.train_set, self.batch_size, SeededSampler(len(self.train_set), seed=run_seed()))
+        labeled = self._loader(self.train_set)
         if not self.unlabeled_stream:
             return labeled
         if not self.unlabeled_samples:
@@ -294,10 +296,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             )
         # The unlabeled stream cycles: a sampler drawing exactly one unlabeled batch per labeled batch
         # (fresh permutations when it runs out), so the labeled loader defines the epoch.
-        unlabeled_set = self.dataset(self.unlabeled_samples, train=True)
-        draws = len(labeled) * self.batch_size * world()[1]  # one unlabeled batch per labeled batch, per process
-        sampler = SeededSampler(len(unlabeled_set), draws, seed=run_seed(), stream=1)
-        unlabeled = self._loader(unlabeled_set, self.batch_size, sampler)
+        draws = len(labeled) // self.passes_per_epoch * self.batch_size * world()[1]  # per pass, all processes
+        unlabeled = self._loader(self.dataset(self.unlabeled_samples, train=True), draws, stream=1)
         return CombinedLoader({"labeled": labeled, "unlabeled": unlabeled}, mode="min_size")
 
     def _eval_loader(self, dataset: SegmentationDataset) -> DataLoader:

@@ -5,6 +5,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from itertools import islice
 
 import numpy as np
 import torch
@@ -28,29 +29,43 @@ class SeededSampler(DistributedSampler):
     the permutation's number joins the seed so a repeated image gets a new augmentation.
     Under DDP each process takes every world-size-th item of the one global sequence. (A DistributedSampler
     subclass only so that Lightning does not wrap it: it shards itself and needs none of the parent's setup.)
+    With `passes` > 1 an epoch chains that many one-pass epochs: pass p of epoch e is drawn exactly as epoch
+    e * passes + p of a one-pass sampler, and each process's share of a pass is cut to whole batches of
+    `batch_size` as a loader's `drop_last` cuts an epoch. The batches are then those of `passes` one-pass
+    epochs, but the loader does not restart between them (a tiny labeled set otherwise restarts it every
+    few batches: one batch's loading waited for, each time).
 
     Args:
         size: dataset length.
-        num_samples: indices per epoch over all processes (default: `size`).
+        num_samples: indices per pass over all processes (default: `size`).
         seed: base seed (the run's `seed_everything` value).
         stream: tells apart samplers of one run (labeled 0, unlabeled 1).
+        passes: one-pass epochs per epoch, >= 1.
+        batch_size: each process's share of a pass is cut to a multiple of it (1: not cut).
     """
 
-    def __init__(self, size: int, num_samples: int | None = None, seed: int = 0, stream: int = 0):
+    def __init__(self, size: int, num_samples: int | None = None, seed: int = 0, stream: int = 0,
+                 passes: int = 1, batch_size: int = 1):  # fmt: skip
         self.size, self.num_samples = size, size if num_samples is None else num_samples
         self.seed, self.stream, self.epoch = seed, stream, 0
+        self.passes, self.batch_size = passes, batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_samples // world()[1]
+        share = self.num_samples // world()[1]  # this process's items of one pass
+        return self.passes * (share - share % self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        for one_pass in range(self.passes):
+            yield from islice(self._pass(self.epoch * self.passes + one_pass), len(self) // self.passes)
+
+    def _pass(self, epoch: int) -> Iterator[tuple[int, int]]:
         rank, world_size = world()
-        key = [self.seed, self.stream, self.epoch]
+        key = [self.seed, self.stream, epoch]
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
-        for position in range(len(self) * world_size):
+        for position in range(self.num_samples // world_size * world_size):
             round_, place = divmod(position, self.size)
             if place == 0:
                 order = torch.randperm(self.size, generator=generator).tolist()
