@@ -147,6 +147,20 @@ def test_checkpoint_keeps_the_labeled_split_and_refuses_another(cityscapes_root,
     assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 0  # untouched
 
 
+def test_resuming_with_other_passes_per_epoch_is_refused(cityscapes_root, tmp_path, capsys):
+    # the epoch number a resume starts from picks the passes it draws: another count would draw other data
+    main(["fit", *tiny_args(cityscapes_root, tmp_path / "a", "--trainer.max_epochs", "1")])
+    (last,) = list((tmp_path / "a").rglob("last.ckpt"))
+    assert torch.load(last, map_location="cpu", weights_only=False)["CityscapesDataModule"]["passes_per_epoch"] == 1
+    other = tiny_args(cityscapes_root, tmp_path / "b", "--trainer.max_epochs", "2", "--data.passes_per_epoch", "2")
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *other, "--ckpt_path", str(last)])
+    assert stop.value.code == 2
+    assert "the checkpoint's run drew 1 labeled passes per epoch, this one 2" in capsys.readouterr().err
+    evaluate = tiny_args(cityscapes_root, tmp_path / "c", "--data.passes_per_epoch", "2")
+    main(["validate", *evaluate, "--ckpt_path", str(last)])  # evaluation draws no training data: accepted
+
+
 def test_resuming_with_other_training_options_is_refused(cityscapes_root, tmp_path, capsys):
     main(["fit", *tiny_args(cityscapes_root, tmp_path / "a", "--trainer.max_epochs", "1")])
     (last,) = list((tmp_path / "a").rglob("last.ckpt"))

@@ -125,11 +125,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         unlabeled_stream: also feed the training images outside the labeled subset, without labels,
             as a second stream for semi-supervised training (each batch is then a dict with
             "labeled" and "unlabeled"; the epoch has as many batches as the labeled loader).
-        passes_per_epoch: passes over the labeled images per training epoch, >= 1. The batches are
-            exactly those of as many one-pass epochs (`SeededSampler`; with persistent workers the whole
-            run is), but the loader restarts once per epoch: with a labeled set of a few batches it would
-            wait for a batch's loading every few batches. Epoch-counted settings (max_epochs,
-            check_val_every_n_epoch) count these epochs.
+        passes_per_epoch: passes over the labeled images per training epoch (>= 1): the loader restarts
+            once per epoch, not every pass (a wait for loading every few batches with a small labeled set).
+            The batches are those of one-pass epochs; epoch-counted settings count these epochs, and a
+            resume from inside an epoch replays it from its start (`SeededSampler` says what else).
     """
 
     default_crop_size = (512, 1024)
@@ -261,8 +260,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.predict_set = self.dataset(samples, train=False)
 
     def state_dict(self) -> dict:
-        """Stored in checkpoints: the labeled subset the run trained on."""
-        return {"labeled_names": list(self.labeled_names)}
+        """Stored in checkpoints: the labeled subset the run trained on, and its passes per epoch."""
+        return {"labeled_names": list(self.labeled_names), "passes_per_epoch": self.passes_per_epoch}
 
     def load_state_dict(self, state: dict) -> None:
         saved = state.get("labeled_names") or []
@@ -273,27 +272,29 @@ class SegmentationDataModule(pl.LightningDataModule):
                 "Expected the same data.labeled_fraction, data.split_seed and data.labeled_list as the run being "
                 "resumed, or data.labeled_list pointing at that run's labeled_split.txt."
             )
+        saved_passes = state.get("passes_per_epoch", 1)  # checkpoints from before the option: one pass
+        if self.labeled_names and saved_passes != self.passes_per_epoch:  # fitting (the names are set then)
+            raise UserError(f"ckpt_path: the checkpoint's run drew {saved_passes} labeled passes per epoch, this one "
+                            f"{self.passes_per_epoch}; expected the same data.passes_per_epoch (it sets the data "
+                            "order a resumed epoch replays).")  # fmt: skip
 
     def _loader(self, dataset: Dataset, num_samples: int | None = None, stream: int = 0) -> DataLoader:
         """A training loader: a SeededSampler of `passes_per_epoch` passes, each cut to whole batches."""
-        sampler = SeededSampler(len(dataset), num_samples, run_seed(), stream, self.passes_per_epoch, self.batch_size)
+        sampler = SeededSampler(len(dataset), num_samples, seed=run_seed(), stream=stream,
+                                passes=self.passes_per_epoch, batch_size=self.batch_size)  # fmt: skip
         return DataLoader(dataset, self.batch_size, sampler=sampler, drop_last=True, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=self.persistent_workers)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         if len(self.train_set) < self.batch_size:
-            raise UserError(
-                f"data.batch_size: {self.batch_size} is larger than the {len(self.train_set)} "
-                "labeled training images; expected a batch size no larger than that."
-            )
+            raise UserError(f"data.batch_size: {self.batch_size} is larger than the {len(self.train_set)} labeled "
+                            "training images; expected a batch size no larger than that.")  # fmt: skip
         labeled = self._loader(self.train_set)
         if not self.unlabeled_stream:
             return labeled
         if not self.unlabeled_samples:
-            raise UserError(
-                "data.unlabeled_stream: true, but every training image is labeled "
-                f"(labeled_fraction {self.labeled_fraction}); expected labeled_fraction < 1 or a labeled_list."
-            )
+            raise UserError(f"data.unlabeled_stream: true, but every training image is labeled (labeled_fraction "
+                            f"{self.labeled_fraction}); expected labeled_fraction < 1 or a labeled_list.")  # fmt: skip
         # The unlabeled stream cycles: a sampler drawing exactly one unlabeled batch per labeled batch
         # (fresh permutations when it runs out), so the labeled loader defines the epoch.
         draws = len(labeled) // self.passes_per_epoch * self.batch_size * world()[1]  # per pass, all processes

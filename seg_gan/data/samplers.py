@@ -33,7 +33,12 @@ class SeededSampler(DistributedSampler):
     e * passes + p of a one-pass sampler, and each process's share of a pass is cut to whole batches of
     `batch_size` as a loader's `drop_last` cuts an epoch. The batches are then those of `passes` one-pass
     epochs, but the loader does not restart between them (a tiny labeled set otherwise restarts it every
-    few batches: one batch's loading waited for, each time).
+    few batches: one batch's loading waited for, each time). What counts epochs or a batch's index within
+    its epoch then counts differently: validation and epoch-end checkpoints, `d_every_n_batches` and
+    `g_every_n_batches` (where a pass is not a multiple of N batches), and a resume from inside an epoch,
+    which replays the epoch's loader from its start (up to `passes` passes, not one). A loader without
+    persistent workers draws a seed from torch's generator at each epoch's start (with 0 workers too), so
+    fewer epochs also shift the model's own random draws; with persistent workers they do not.
 
     Args:
         size: dataset length.
@@ -58,8 +63,9 @@ class SeededSampler(DistributedSampler):
         return self.passes * (share - share % self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        per_pass = len(self) // self.passes
         for one_pass in range(self.passes):
-            yield from islice(self._pass(self.epoch * self.passes + one_pass), len(self) // self.passes)
+            yield from islice(self._pass(self.epoch * self.passes + one_pass), per_pass)
 
     def _pass(self, epoch: int) -> Iterator[tuple[int, int]]:
         rank, world_size = world()
