@@ -67,8 +67,8 @@ ARMS = {  # arm -> model/data options on top of configs/camvid_semi.yaml (Hung e
 }  # fmt: skip
 DIAGNOSTICS = ["train/semi_mask_precision", "train/semi_mask_coverage", "train/softmax_mask_precision_same_coverage",
                "train/semi_mask_ratio", "train/d_accuracy", "train/loss_d_hung_scale"]  # fmt: skip
-# 1/16 of CamVid is 2 batches per pass: an epoch of 50 passes gives the same batches (and, with persistent
-# workers, the same run) as 50 one-pass epochs, without the loader's restart and wait every 2 batches
+# 1/16 of CamVid is 2 batches per pass: an epoch of 50 passes gives the same batches (and in these runs, with
+# persistent workers, the same weights) as 50 one-pass epochs, without the loader's restart and wait every 2 batches
 PASSES_PER_EPOCH = 50
 D_BAND = (0.6, 0.85)  # D accuracy of a D that neither wins at once nor is fooled (the band for Hung's D)
 
