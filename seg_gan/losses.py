@@ -5,6 +5,7 @@ Shapes: `logits` [B, C, H, W], `probs` [B, C, H, W] softmax maps, `target` [B, H
 [B, 1, 1, 1].
 """
 
+import math
 from typing import Literal
 
 import torch
@@ -209,11 +210,14 @@ def squared_error_consistency(logits: torch.Tensor, teacher_probs: torch.Tensor,
     return per_pixel.mean() * mask.float().mean()
 
 
-def box_mask(batch: int, size: tuple[int, int], area: float = 0.5, generator: torch.Generator | None = None):
-    """CutMix masks (French et al. 2020): float [batch, 1, H, W], 1 inside one random box per image that
-    covers `area` of it (side ratio drawn in [1/2, 2], clipped to the image), 0 outside."""
+def box_mask(batch: int, size: tuple[int, int], area: float = 0.5, generator: torch.Generator | None = None,
+             device: torch.device | str | None = None):  # fmt: skip
+    """CutMix masks (French et al. 2020): float [batch, 1, H, W] on `device`, 1 inside one random box per
+    image that covers `area` of it (side ratio drawn in [1/2, 2], clipped to the image), 0 outside. The
+    boxes are drawn on the host (`generator`, a CPU one, or torch's global) and filled in on the device:
+    no host-to-device copy, which would wait for the device's queued work."""
     height, width = size
-    masks = torch.zeros(batch, 1, height, width)
+    masks = torch.zeros(batch, 1, height, width, device=device)
     for index in range(batch):
         ratio = float(torch.empty(()).uniform_(0.5, 2.0, generator=generator))
         box_h = min(height, max(1, round(height * (area * ratio) ** 0.5)))
@@ -239,13 +243,18 @@ def mask_precision(mask: torch.Tensor, pseudo: torch.Tensor, hidden: torch.Tenso
 def precision_at_coverage(confidence: torch.Tensor, pseudo: torch.Tensor, hidden: torch.Tensor,
                           coverage: float | torch.Tensor, ignore_index: int) -> torch.Tensor:  # fmt: skip
     """Precision of the `coverage` share of labelled pixels with the highest `confidence` (e.g. G's max
-    softmax, [B, H, W]): the mask another method would need to match at equal coverage. nan if it is empty
-    (coverage 0 or nan)."""
+    softmax, [B, H, W]): the mask another method would need to match at equal coverage. Pixels tied with
+    the last one taken (a saturated softmax gives many exact 1.0) count by their mean precision: the
+    expected precision of a random pick among them. A scalar tensor, nan if the mask is empty (coverage 0
+    or nan); fixed shapes only, so no host-device synchronisation (`coverage` may be a tensor)."""
     with torch.no_grad():
-        valid = hidden != ignore_index
-        share = float(coverage)
-        count = round(share * int(valid.sum())) if share == share else 0
-        if count == 0:
-            return torch.full((), float("nan"), device=confidence.device)
-        top = confidence[valid].topk(count).indices
-        return (pseudo[valid][top] == hidden[valid][top]).float().mean()
+        valid = (hidden != ignore_index).flatten()  # [N]
+        score = torch.where(valid, confidence.flatten().float(), -math.inf)  # void pixels last
+        right = ((pseudo == hidden).flatten() & valid).double()
+        count = torch.round(torch.as_tensor(coverage, device=score.device).double() * valid.sum())  # nan stays
+        rank = (count.nan_to_num(0) - 1).clamp(0, len(score) - 1).long().view(1)
+        cut = score.sort(descending=True).values.gather(0, rank)  # the count-th highest confidence
+        above, tied = score > cut, (score == cut) & valid
+        taken_tied = count - above.sum()  # how many of the tied pixels the mask takes
+        hits = (right * above).sum() + taken_tied * (right * tied).sum() / tied.sum().clamp(min=1)
+        return torch.where(count > 0, hits / count, math.nan).float()

@@ -110,7 +110,7 @@ def cutmix(model, out, batches_done: int) -> tuple[dict, dict]:
         model.teacher.eval()  # the teacher labels with its EMA statistics
         teacher_probs = whole(model.teacher, images, model.memory_format).softmax(1)  # [Bu, C, H, W]
         model.teacher.train(was_training)
-        box = box_mask(len(images), images.shape[-2:], CUTMIX_AREA).to(images.device)  # [Bu, 1, H, W]
+        box = box_mask(len(images), images.shape[-2:], CUTMIX_AREA, device=images.device)  # [Bu, 1, H, W]
         mix = lambda x: box * x + (1 - box) * x.roll(1, 0)  # noqa: E731 - image i with image i-1
         teacher_probs = mix(teacher_probs)  # [Bu, C, H, W] what the teacher says about each pixel of the mix
         confidence, targets = teacher_probs.max(1)  # [Bu, H, W]
@@ -148,8 +148,7 @@ def diagnostics(mask, pseudo, confidence, hidden, ignore_index: int) -> dict:
 def colour_jitter(images: torch.Tensor, strength: float) -> torch.Tensor:
     """Per-image random brightness, contrast and saturation (factors in [1 - strength, 1 + strength]) of
     ImageNet-normalised images [B, 3, H, W], returned normalised the same way."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    mean, std = per_channel(IMAGENET_MEAN, images), per_channel(IMAGENET_STD, images)  # [1, 3, 1, 1]
     pixels = images * std + mean  # [0, 1]
     factors = 1 + strength * (2 * torch.rand(3, len(images), 1, 1, 1, device=images.device) - 1)
     luma = lambda x: 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]  # noqa: E731 - [B, 1, H, W] grey
@@ -159,6 +158,15 @@ def colour_jitter(images: torch.Tensor, strength: float) -> torch.Tensor:
     gray = luma(pixels)
     pixels = (pixels - gray) * factors[2] + gray  # saturation
     return (pixels.clamp(0, 1) - mean) / std
+
+
+def per_channel(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    """`values` as [1, C, 1, 1] (torch's default dtype, as `torch.tensor(values)`) on `like`'s device, filled
+    there: a tensor made from a list is a host-to-device copy, which waits for the device's queued work."""
+    out = torch.empty(1, len(values), 1, 1, device=like.device)
+    for channel, value in enumerate(values):
+        out[:, channel] = value
+    return out
 
 
 @torch.no_grad()

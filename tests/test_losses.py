@@ -187,6 +187,56 @@ def test_mask_precision_and_precision_at_coverage_by_hand():
     void = torch.full_like(hidden, 255)  # no labelled pixel: nothing to count, not a coverage of 0
     assert all(torch.isnan(figure) for figure in mask_precision(mask, pseudo, void, 255))
     assert torch.isnan(precision_at_coverage(confidence, pseudo, void, float("nan"), 255))
+    # ties with the last pixel taken (a saturated softmax): 2 of the 3 pixels at 1.0 taken, 2 of the 3 right
+    tied = torch.tensor([[[1.0, 1.0, 1.0, 0.5]]])
+    pseudo, hidden = torch.tensor([[[0, 1, 2, 0]]]), torch.tensor([[[0, 1, 0, 0]]])
+    assert float(precision_at_coverage(tied, pseudo, hidden, 2 / 4, 255)) == pytest.approx(2 / 3)
+    assert float(precision_at_coverage(tied, pseudo, hidden, 4 / 4, 255)) == pytest.approx(3 / 4)
+    assert torch.isnan(precision_at_coverage(tied, pseudo, hidden, 0.0, 255))
+
+
+def test_precision_at_coverage_is_the_precision_of_the_most_confident_labelled_pixels():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):  # distinct confidences: one set of most confident pixels, counted here by sorting
+        confidence = torch.rand(2, 5, 6, generator=generator)
+        pseudo, hidden = torch.randint(0, 3, (2, 2, 5, 6), generator=generator)
+        hidden[torch.rand(2, 5, 6, generator=generator) < 0.3] = 255
+        coverage = float(torch.rand((), generator=generator))
+        valid = hidden != 255
+        count = round(coverage * int(valid.sum()))
+        order = confidence[valid].argsort(descending=True)[:count]
+        expected = (pseudo[valid][order] == hidden[valid][order]).float().mean()
+        found = precision_at_coverage(confidence, pseudo, hidden, torch.tensor(coverage), 255)
+        assert torch.isnan(found) if count == 0 else float(found) == pytest.approx(float(expected))
+
+
+def test_the_semi_supervised_figures_read_nothing_back_from_the_device():
+    # Every batch logs them; a value read on the host (float(), .item(), a mask's nonzero) or a host-to-device
+    # copy waits for the device's queued work. Tensors on the meta device hold no values: any read fails.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from seg_gan.semi import colour_jitter, diagnostics
+
+    meta = lambda dtype=torch.float32: torch.empty(2, 6, 8, dtype=dtype, device="meta")  # noqa: E731
+    figures = diagnostics(meta(torch.bool), meta(torch.long), meta(), meta(torch.long), 255)
+    assert len(figures) == 3 and all(value.device.type == "meta" for value in figures.values())
+
+    class HostCopies(TorchDispatchMode):  # ops that take a host tensor and give a device one
+        found = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            leaves = lambda x: [t for t in torch.utils._pytree.tree_leaves(x) if isinstance(t, torch.Tensor)]  # noqa: E731
+            if any(t.device.type == "cpu" for t in leaves((args, kwargs))) and any(
+                t.device.type == "meta" for t in leaves(out)
+            ):
+                self.found.append(str(func))
+            return out
+
+    with HostCopies() as watch:
+        boxes = box_mask(4, (6, 8), 0.5, torch.Generator().manual_seed(0), device="meta")
+        jittered = colour_jitter(torch.empty(4, 3, 6, 8, device="meta"), 0.4)
+    assert watch.found == [] and boxes.shape == (4, 1, 6, 8) and jittered.shape == (4, 3, 6, 8)
 
 
 def test_mask_diagnostics_log_every_figure_every_batch():
