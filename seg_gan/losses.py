@@ -242,19 +242,21 @@ def mask_precision(mask: torch.Tensor, pseudo: torch.Tensor, hidden: torch.Tenso
 
 def precision_at_coverage(confidence: torch.Tensor, pseudo: torch.Tensor, hidden: torch.Tensor,
                           coverage: float | torch.Tensor, ignore_index: int) -> torch.Tensor:  # fmt: skip
-    """Precision of the `coverage` share of labelled pixels with the highest `confidence` (e.g. G's max
-    softmax, [B, H, W]): the mask another method would need to match at equal coverage. Pixels tied with
-    the last one taken (a saturated softmax gives many exact 1.0) count by their mean precision: the
-    expected precision of a random pick among them. A scalar tensor, nan if the mask is empty (coverage 0
-    or nan); fixed shapes only, so no host-device synchronisation (`coverage` may be a tensor)."""
+    """Precision of the `coverage` share (in [0, 1], as `mask_precision` gives it) of labelled pixels with the
+    highest `confidence` (e.g. G's max softmax, [B, H, W]): the mask another method would need to match at
+    equal coverage. Pixels with the same confidence as the last one taken (common near 1.0 in fp32) count at
+    their mean precision: the expected precision of a random pick among them. A float scalar tensor, nan if
+    the mask is empty (coverage 0 or nan) or a labelled pixel's confidence is nan. Fixed shapes only: no
+    host-device synchronisation where `coverage` is a device tensor or a Python float."""
     with torch.no_grad():
         valid = (hidden != ignore_index).flatten()  # [N]
-        score = torch.where(valid, confidence.flatten().float(), -math.inf)  # void pixels last
+        score = torch.where(valid, confidence.flatten(), -math.inf)  # void pixels last
         right = ((pseudo == hidden).flatten() & valid).double()
-        count = torch.round(torch.as_tensor(coverage, device=score.device).double() * valid.sum())  # nan stays
+        count = torch.round(valid.sum().double() * coverage)  # as round(coverage * labelled) did; nan stays nan
         rank = (count.nan_to_num(0) - 1).clamp(0, len(score) - 1).long().view(1)
         cut = score.sort(descending=True).values.gather(0, rank)  # the count-th highest confidence
         above, tied = score > cut, (score == cut) & valid
         taken_tied = count - above.sum()  # how many of the tied pixels the mask takes
         hits = (right * above).sum() + taken_tied * (right * tied).sum() / tied.sum().clamp(min=1)
-        return torch.where(count > 0, hits / count, math.nan).float()
+        defined = (count > 0) & ~score.isnan().any()
+        return torch.where(defined, hits / count, math.nan).float()

@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from seg_gan.losses import (
     box_mask,
@@ -193,6 +195,9 @@ def test_mask_precision_and_precision_at_coverage_by_hand():
     assert float(precision_at_coverage(tied, pseudo, hidden, 2 / 4, 255)) == pytest.approx(2 / 3)
     assert float(precision_at_coverage(tied, pseudo, hidden, 4 / 4, 255)) == pytest.approx(3 / 4)
     assert torch.isnan(precision_at_coverage(tied, pseudo, hidden, 0.0, 255))
+    assert torch.isnan(precision_at_coverage(tied, pseudo, hidden, 0.125, 255))  # 0.5 pixel rounds to none
+    unknown = torch.tensor([[[float("nan"), 1.0, 1.0, 0.5]]])  # a nan confidence has no place in the order
+    assert torch.isnan(precision_at_coverage(unknown, pseudo, hidden, 2 / 4, 255))
 
 
 def test_precision_at_coverage_is_the_precision_of_the_most_confident_labelled_pixels():
@@ -210,33 +215,79 @@ def test_precision_at_coverage_is_the_precision_of_the_most_confident_labelled_p
         assert torch.isnan(found) if count == 0 else float(found) == pytest.approx(float(expected))
 
 
-def test_the_semi_supervised_figures_read_nothing_back_from_the_device():
-    # Every batch logs them; a value read on the host (float(), .item(), a mask's nonzero) or a host-to-device
-    # copy waits for the device's queued work. Tensors on the meta device hold no values: any read fails.
-    from torch.utils._python_dispatch import TorchDispatchMode
+class HostToDevice(TorchDispatchMode):
+    """Records the ops that make a non-CPU tensor from host data: `.to(device)` copies (seen by the dispatcher)
+    and `torch.tensor` / `torch.as_tensor` with a device (made below it, so watched as torch functions)."""
 
+    def __init__(self):
+        super().__init__()
+        self.found, self.functions = [], HostTensorFunctions(self)
+
+    def __enter__(self):
+        self.functions.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        self.functions.__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(t.device.type == "cpu" for t in tensors((args, kwargs))) and any(
+            t.device.type != "cpu" for t in tensors(out)
+        ):
+            self.found.append(str(func))
+        return out
+
+
+class HostTensorFunctions(TorchFunctionMode):
+    def __init__(self, watch: HostToDevice):
+        super().__init__()
+        self.watch = watch
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        device = (kwargs or {}).get("device")
+        if func in (torch.tensor, torch.as_tensor) and device is not None and torch.device(device).type != "cpu":
+            self.watch.found.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def tensors(tree) -> list[torch.Tensor]:
+    return [leaf for leaf in torch.utils._pytree.tree_leaves(tree) if isinstance(leaf, torch.Tensor)]
+
+
+def semi_step_figures(device: str):
+    """The semi-supervised step's own figures and CutMix pieces on tensors of `device`."""
     from seg_gan.semi import colour_jitter, diagnostics
 
-    meta = lambda dtype=torch.float32: torch.empty(2, 6, 8, dtype=dtype, device="meta")  # noqa: E731
-    figures = diagnostics(meta(torch.bool), meta(torch.long), meta(), meta(torch.long), 255)
+    make = lambda dtype=torch.float32: torch.zeros(2, 6, 8, dtype=dtype, device=device)  # noqa: E731
+    figures = diagnostics(make(torch.bool), make(torch.long), make(), make(torch.long), 255)
+    boxes = box_mask(4, (6, 8), 0.5, torch.Generator().manual_seed(0), device=device)
+    jittered = colour_jitter(torch.zeros(4, 3, 6, 8, device=device), 0.4)
+    return figures, boxes, jittered
+
+
+def test_the_semi_supervised_figures_read_nothing_back_from_the_device():
+    # Every batch makes them; a value read on the host (float(), .item(), a boolean mask's nonzero) or a copy
+    # from the host waits for the GPU's queued work. Meta tensors hold no values: any read fails.
+    with HostToDevice() as watch:
+        figures, boxes, jittered = semi_step_figures("meta")
+    assert watch.found == [], f"host-to-device copies: {watch.found}"
     assert len(figures) == 3 and all(value.device.type == "meta" for value in figures.values())
+    assert boxes.shape == (4, 1, 6, 8) and jittered.shape == (4, 3, 6, 8)
+    with HostToDevice() as watch:  # the watch itself sees both kinds of copy
+        torch.zeros(3).to("meta"), torch.tensor([0.5, 0.2], device="meta")
+    assert watch.found == ["aten._to_copy.default", "tensor"]
 
-    class HostCopies(TorchDispatchMode):  # ops that take a host tensor and give a device one
-        found = []
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            leaves = lambda x: [t for t in torch.utils._pytree.tree_leaves(x) if isinstance(t, torch.Tensor)]  # noqa: E731
-            if any(t.device.type == "cpu" for t in leaves((args, kwargs))) and any(
-                t.device.type == "meta" for t in leaves(out)
-            ):
-                self.found.append(str(func))
-            return out
-
-    with HostCopies() as watch:
-        boxes = box_mask(4, (6, 8), 0.5, torch.Generator().manual_seed(0), device="meta")
-        jittered = colour_jitter(torch.empty(4, 3, 6, 8, device="meta"), 0.4)
-    assert watch.found == [] and boxes.shape == (4, 1, 6, 8) and jittered.shape == (4, 3, 6, 8)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the real synchronisation check)")
+def test_the_semi_supervised_figures_do_not_synchronise_on_a_gpu():
+    semi_step_figures("cuda")  # first use: CUDA's own set-up may synchronise
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        semi_step_figures("cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_mask_diagnostics_log_every_figure_every_batch():
