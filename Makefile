@@ -2,7 +2,7 @@
 PYTHON ?= python
 CAMVID ?=
 
-.PHONY: help install test test-slow test-all lint format train debug bench-data bench-step bench-inference bench-gpu bench-gpu-session bench-semi bench-semi-table clean
+.PHONY: help install test test-slow test-all lint format train debug bench-data bench-step bench-inference bench-gpu bench-gpu-session bench-semi bench-semi-table bench-ops clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -54,6 +54,10 @@ bench-semi:  ## the CamVid 1/16 semi-supervised grid (semi_grid.sh): make bench-
 
 bench-semi-table:  ## the semi-supervised study's tables, from the committed result files (no data needed)
 	$(PYTHON) -m seg_gan.bench semi --table-only
+
+bench-ops:  ## operations (GPU kernel launches) per training batch of each semi-study arm: make bench-ops CAMVID=...
+	@test -n "$(CAMVID)" || (echo "error: give the CamVid folder: make bench-ops CAMVID=/path/to/CamVid" >&2; exit 2)
+	$(PYTHON) -m seg_gan.bench ops --root $(CAMVID)
 
 clean:  ## remove run outputs and caches in this folder
 	rm -rf runs lightning_logs wandb .pytest_cache .ruff_cache

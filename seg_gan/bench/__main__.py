@@ -2,9 +2,9 @@
 
 import argparse
 
-from seg_gan.bench import data, gpu, inference, semi, step
+from seg_gan.bench import data, gpu, inference, ops, semi, step
 
-BENCHMARKS = {"data": data, "gpu": gpu, "inference": inference, "semi": semi, "step": step}
+BENCHMARKS = {"data": data, "gpu": gpu, "inference": inference, "ops": ops, "semi": semi, "step": step}
 
 
 def main(args: list[str] | None = None) -> None:
