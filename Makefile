@@ -55,7 +55,7 @@ bench-semi:  ## the CamVid 1/16 semi-supervised grid (semi_grid.sh): make bench-
 bench-semi-table:  ## the semi-supervised study's tables, from the committed result files (no data needed)
 	$(PYTHON) -m seg_gan.bench semi --table-only
 
-bench-ops:  ## operations (GPU kernel launches) per training batch of each semi-study arm: make bench-ops CAMVID=...
+bench-ops:  ## aten ops (about one GPU kernel each) and FLOPs per batch of each semi-study arm: make bench-ops CAMVID=...
 	@test -n "$(CAMVID)" || (echo "error: give the CamVid folder: make bench-ops CAMVID=/path/to/CamVid" >&2; exit 2)
 	$(PYTHON) -m seg_gan.bench ops --root $(CAMVID)
 

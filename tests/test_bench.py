@@ -471,30 +471,36 @@ def test_ops_benchmark_counts_per_batch_and_leaves_views_out(tmp_path, capsys):
     import argparse
     from collections import Counter
 
+    from conftest import write_camvid
+
     from seg_gan.bench.ops import add_arguments, launches, run
 
     assert launches(Counter({"view": 3, "detach": 2, "add": 2, "convolution": 1})) == 3
-    from conftest import write_camvid
-
     _, _, tiny = semi_bench(tmp_path)  # encoder weights in tmp_path / "work"
     root = write_camvid(tmp_path / "camvid4", {"train": 4, "val": 1, "test": 1})
     (tmp_path / "two.txt").write_text("0016E5_00000\n0016E5_00001\n")  # 2 labeled, 2 unlabeled frames
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    common = ["--root", str(root), "--work", str(tmp_path / "work"), "--size", "32", "32", "--warmup", "1"]
+    common = ["--root", str(root), "--work", str(tmp_path / "work"), "--size", "32", "32", "--warmup", "1",
+              "--flops-crop", "32", "32", "--arms", "supervised", "cutmix"]  # fmt: skip
     # one loader worker: with none, each batch's random crop and flip would be counted in the step's ops
     extra = [*tiny, "--data.labeled_list", str(tmp_path / "two.txt"), "--data.num_workers", "1"]
+    row = r"^\| ([\w-]+) \| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.e+-]+) \| ([\d.]+) \| \d+ \|$"
     found = {}
     for window in ("1", "2"):
-        run(parser.parse_args([*common, "--arms", "supervised", "cutmix", "--window", window, "--extra", *extra]))
-        rows = re.findall(r"^\| (\w+) \| (\d+) \| (\d+) \| ([\d.]+) \| \d+ \|$", capsys.readouterr().out, re.M)
-        found[window] = {arm: (int(ops), int(launched), float(ratio)) for arm, ops, launched, ratio in rows}
-    # per batch: a window of two batches gives about each batch's count (it varies a little from batch to
+        run(parser.parse_args([*common, "--window", window, "--extra", *extra]))
+        rows = re.findall(row, capsys.readouterr().out, re.M)
+        found[window] = {arm: tuple(map(float, figures)) for arm, *figures in rows}
+    assert list(found["1"]) == ["supervised", "cutmix"]
+    # per batch: a window of two batches gives about each batch's counts (they vary a little from batch to
     # batch on this tiny set), not their sum
     for arm in ("supervised", "cutmix"):
-        assert found["2"][arm][:2] == pytest.approx(found["1"][arm][:2], rel=0.05)
-    (sup_ops, sup_launches, sup_ratio), (cut_ops, cut_launches, cut_ratio) = found["1"].values()
-    assert sup_ratio == 1.0 and cut_ratio == round(cut_launches / sup_launches, 2) > 1  # the teacher's passes
+        assert found["2"][arm] == pytest.approx(found["1"][arm], rel=0.05)
+    (sup_ops, sup_launches, sup_ratio, sup_gflop, sup_flop_ratio) = found["1"]["supervised"]
+    (cut_ops, cut_launches, cut_ratio, cut_gflop, cut_flop_ratio) = found["1"]["cutmix"]
+    assert sup_ratio == sup_flop_ratio == 1.0  # the first arm is the reference
+    assert cut_ratio == round(cut_launches / sup_launches, 2) > 1  # the teacher's passes and the mix
+    assert cut_flop_ratio > 1 and sup_gflop > 0
     assert 0 < sup_launches < sup_ops and cut_launches < cut_ops  # views and detaches launch nothing
 
 

@@ -1,21 +1,20 @@
 #!/usr/bin/env bash
 # The semi-supervised study's whole grid in one call, for a machine with a GPU (or many cores):
-#   bash seg_gan/bench/semi_grid.sh /path/to/CamVid 1-16 [parallel runs, default 3]
+#   bash seg_gan/bench/semi_grid.sh /path/to/CamVid 1-16 [parallel runs, default 10]
 # Every (arm, seed) run is its own process writing its JSON into seg_gan/bench/results/semi/ as it finishes
 # (runs whose file exists are skipped), so a call cut short keeps what finished. The positive control's pairs
 # (supervised and cutmix, every seed) run first: the control is read before any other arm, and if it shows no
 # gain the other arms' runs would be spent on a protocol in doubt. Then the other arms, seed-major (whole
 # pairs first). SEG_GAN_SEMI_DRY_RUN=1 prints the order ("arm seed" per line) and exits.
 # 8 arms x 5 seeds + the full-label ceiling x 3 = 43 runs of 2000 batches (SEG_GAN_SEMI_BATCHES; the length at
-# which the control gains on val, bench README "Run length"). Runs side by side share the GPU's throughput (on one
-# H200, about 39,000 launched ops a second for 6 runs, 2026-11-30; bench README "How many runs side by side"), so
-# more at once does not finish the grid sooner, only makes each run longer: at 6, a cutmix run of 2000 batches
-# would take about 600 s, more than a time-limited call may hold; at 3 (the default), about 300 s. The whole grid
-# is about 47 minutes of H200 time at that rate, plus what a call cut short loses of its unfinished runs.
+# which the control gains on val, bench README "Run length"). On one H200 (2026-11-30), 6 runs of 1000 batches at
+# once trained 84-182 s each, so the grid at 2000 takes about 40 minutes of GPU time: five or more device calls.
+# A cutmix run (not timed on a GPU yet) is estimated at 280-420 s of training at 6 at once (bench README "What a run
+# costs on a GPU"): a call cut at its limit needs a window of about 8 minutes to be sure of finishing one.
 set -euo pipefail -f  # -f: arm names are never file patterns
 root=${1:?usage: semi_grid.sh /path/to/CamVid LABELS [PARALLEL]}
 labels=${2:?give the labeled subset: 1-32, 1-16 or 1-8}
-parallel=${3:-3}
+parallel=${3:-10}
 work=${SEG_GAN_SEMI_WORK:-bench_results/semi}             # scaled data, weights, logs
 results=${SEG_GAN_SEMI_RESULTS:-seg_gan/bench/results/semi} # the JSON files (commit them)
 arms=$(echo ${SEG_GAN_SEMI_ARMS:-supervised cutmix confidence error hung-noise hung s4gan adversarial})  # 1 space apart
