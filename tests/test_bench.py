@@ -492,15 +492,15 @@ def test_ops_benchmark_counts_per_batch_and_leaves_views_out(tmp_path, capsys):
         rows = re.findall(row, capsys.readouterr().out, re.M)
         found[window] = {arm: tuple(map(float, figures)) for arm, *figures in rows}
     assert list(found["1"]) == ["supervised", "cutmix"]
-    # per batch: a window of two batches gives about each batch's counts (they vary a little from batch to
-    # batch on this tiny set), not their sum
+    # per batch: a window of two batches gives about each batch's op counts (they vary a little from batch
+    # to batch on this tiny set), not their sum (the FLOPs always come from batches 1-2)
     for arm in ("supervised", "cutmix"):
-        assert found["2"][arm] == pytest.approx(found["1"][arm], rel=0.05)
+        assert found["2"][arm][:2] == pytest.approx(found["1"][arm][:2], rel=0.05)
     (sup_ops, sup_launches, sup_ratio, sup_gflop, sup_flop_ratio) = found["1"]["supervised"]
     (cut_ops, cut_launches, cut_ratio, cut_gflop, cut_flop_ratio) = found["1"]["cutmix"]
     assert sup_ratio == sup_flop_ratio == 1.0  # the first arm is the reference
     assert cut_ratio == round(cut_launches / sup_launches, 2) > 1  # the teacher's passes and the mix
-    assert cut_flop_ratio > 1 and sup_gflop > 0
+    assert cut_flop_ratio == pytest.approx(cut_gflop / sup_gflop, abs=0.01) and cut_flop_ratio > 1
     assert 0 < sup_launches < sup_ops and cut_launches < cut_ops  # views and detaches launch nothing
 
 

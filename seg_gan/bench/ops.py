@@ -9,9 +9,10 @@ logging. Ops that only make a view, allocate or read metadata (`VIEWS`) launch n
 op launches about one kernel (a fused optimizer step, one op, launches a few). Loading runs in the loader's
 worker processes and is not counted (with `--extra --data.num_workers 0` each batch's random crop and flip
 would be). Where the host checks the loss for a non-finite value every step (a CPU; on a GPU every 50
-batches) a few ops more are counted. FLOPs (torch's `FlopCounterMode`) are counted over batches 1 and 2 at
-`--flops-crop`, as they grow with the pixels; the op counts hardly do (cutmix: 3184 ops at 32x32 crops, 3185
-at 64x64), so tiny crops give a GPU run's counts in minutes on a CPU. The study's runs are small
+batches) a few ops more are counted. FLOPs (torch's `FlopCounterMode`: convolutions and matrix products,
+not elementwise ops) are counted over batches 1 and 2 at `--flops-crop`, as they grow with the pixels; the
+op counts hardly do (cutmix: 3184 ops at 32x32 crops, 3185 at 64x64), so tiny crops give a GPU run's counts
+in minutes on a CPU. The study's runs are small
 (EfficientNet-Lite0 Unet, batches of 8 at 192x256); which of the two a GPU run's time follows is read
 against measured runs (bench README, "What a run costs on a GPU"). The wall time printed is this machine's.
 """
@@ -72,7 +73,7 @@ class Window(pl.Callback):
     """Counts the ops (or, `flops`, the FLOPs) of training batches [start, start + length) and times them."""
 
     def __init__(self, start: int, length: int, flops: bool = False) -> None:
-        self.start, self.stop, self.seconds, self.began = start, start + length, None, None
+        self.start, self.length, self.stop, self.seconds, self.began = start, length, start + length, None, None
         self.mode = FlopCounterMode(display=False) if flops else Count()
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
@@ -82,15 +83,14 @@ class Window(pl.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if trainer.fit_loop.epoch_loop.total_batch_idx == self.stop - 1:
-            self.close()
             self.seconds = time.perf_counter() - self.began
-
-    def on_exception(self, trainer, module, exception) -> None:
-        self.close()  # a failure inside the window must not leave the mode on for the rest of the process
+            self.mode.__exit__(None, None, None)
 
     def close(self) -> None:
+        """Leaves the mode if the window opened and did not close (training ended or failed inside it)."""
         if self.began is not None and self.seconds is None:
             self.mode.__exit__(None, None, None)
+            self.began = None
 
 
 def fit_window(options: argparse.Namespace, arm: str, weights: Path, crop: list[int], flops: bool) -> Window:
@@ -102,7 +102,10 @@ def fit_window(options: argparse.Namespace, arm: str, weights: Path, crop: list[
     cli, _ = semi.configure(run, arm, 0, weights)
     window = Window(warmup, length, flops)
     cli.trainer.callbacks.append(window)
-    cli.trainer.fit(cli.model, cli.datamodule)
+    try:
+        cli.trainer.fit(cli.model, cli.datamodule)
+    finally:
+        window.close()  # the mode must not stay on for the rest of the process
     if window.seconds is None:
         raise SystemExit(f"error: arm {arm!r} trained {cli.trainer.fit_loop.epoch_loop.total_batch_idx} batches, "
                          f"fewer than the {warmup} + {length} asked for.")  # fmt: skip
@@ -113,9 +116,9 @@ def count_arm(options: argparse.Namespace, arm: str, weights: Path) -> dict:
     """{ops, launches, ms, gflops}: per counted batch of `arm` (seed 0)."""
     ops = fit_window(options, arm, weights, options.crop, flops=False)
     flops = fit_window(options, arm, weights, options.flops_crop, flops=True)
-    n = options.window
-    return {"ops": sum(ops.mode.ops.values()) / n, "launches": launches(ops.mode.ops) / n,
-            "ms": ops.seconds / n * 1000, "gflops": flops.mode.get_total_flops() / 2 / 1e9}  # fmt: skip
+    n = ops.length
+    return {"ops": sum(ops.mode.ops.values()) / n, "launches": launches(ops.mode.ops) / n, "ms": ops.seconds / n * 1000,
+            "gflops": flops.mode.get_total_flops() / flops.length / 1e9}  # fmt: skip
 
 
 def run(options: argparse.Namespace) -> None:

@@ -9,8 +9,8 @@
 # 8 arms x 5 seeds + the full-label ceiling x 3 = 43 runs of 2000 batches (SEG_GAN_SEMI_BATCHES; the length at
 # which the control gains on val, bench README "Run length"). On one H200 (2026-11-30), 6 runs of 1000 batches at
 # once trained 84-182 s each, so the grid at 2000 takes about 40 minutes of GPU time: five or more device calls.
-# A cutmix run (not timed on a GPU yet) is estimated at 280-420 s of training at 6 at once (bench README "What a run
-# costs on a GPU"): a call cut at its limit needs a window of about 8 minutes to be sure of finishing one.
+# A cutmix run (not timed on a GPU yet) is estimated at roughly 260-420 s of training at 6 at once (bench README
+# "What a run costs on a GPU"): a call cut at its limit may need 8 minutes or more to finish one.
 set -euo pipefail -f  # -f: arm names are never file patterns
 root=${1:?usage: semi_grid.sh /path/to/CamVid LABELS [PARALLEL]}
 labels=${2:?give the labeled subset: 1-32, 1-16 or 1-8}
