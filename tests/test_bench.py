@@ -212,11 +212,17 @@ def test_semi_benchmark_scales_camvid_once(camvid_root, tmp_path):
     assert scaled_copy(camvid_root, tmp_path, [24, 32]) == copy and (copy / "DONE").stat().st_mtime_ns == stamp
 
 
+def write_encoder(work):
+    import segmentation_models_pytorch as smp
+
+    encoder = smp.encoders.get_encoder("timm-tf_efficientnet_lite0", weights=None)
+    torch.save(encoder.state_dict(), work / "effnet_lite0_encoder.pth")  # stands in for the ImageNet weights
+
+
 def semi_bench(tmp_path):
     """(parse, the options every tiny run shares): CamVid of 2 training frames, random encoder weights."""
     import argparse
 
-    import segmentation_models_pytorch as smp
     from conftest import write_camvid
 
     from seg_gan.bench.semi import add_arguments
@@ -224,8 +230,7 @@ def semi_bench(tmp_path):
     root = write_camvid(tmp_path / "camvid", {"train": 2, "val": 1, "test": 1})
     work = tmp_path / "work"
     work.mkdir()
-    encoder = smp.encoders.get_encoder("timm-tf_efficientnet_lite0", weights=None)
-    torch.save(encoder.state_dict(), work / "effnet_lite0_encoder.pth")  # stands in for the ImageNet weights
+    write_encoder(work)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     common = ["--root", str(root), "--work", str(work), "--seeds", "0", "--size", "32", "32", "--batches", "1"]
@@ -247,6 +252,67 @@ def test_semi_run_whose_name_ran_before_reads_its_own_metrics(tmp_path):
     for results in ["prepare", "grid"]:
         saved = json.loads((tmp_path / results / "full-full-seed0-b1.json").read_text())  # the length in the name
         assert saved["batches"] == 1 and 0 <= saved["val_mIoU"] <= 1
+
+
+def test_semi_deadline_keeps_out_only_the_runs_this_device_timed_too_long(tmp_path, capsys):
+    # a call cut at its limit loses its unfinished runs: an arm that trained longer here than the time left
+    # is not started, nor one never timed here where the slowest arm that was would not fit; a timing from
+    # another device counts as none
+    from seg_gan.bench.semi import device_name, run
+
+    parse, common, tiny = semi_bench(tmp_path)
+    results = tmp_path / "results"
+    results.mkdir()
+    earlier = {"labels": "full", "seed": 1, "batches": 1000, "trained_batches": 1000}
+    for arm, device, seconds in [("full", device_name(), 7200.0), ("full", device_name(), 9000.0),
+                                 ("full-t", "Another GPU", 1e9)]:  # fmt: skip
+        (results / f"{arm}-{seconds:.0f}.json").write_text(json.dumps(earlier | {
+            "arm": arm, "device": device, "train_s": seconds}))  # fmt: skip
+    soon = ["--results", str(results), "--deadline", str(time.time() + 3600), "--extra", *tiny]  # 3600 s left
+    at = common.index("--batches") + 1
+    common[at] = "1000"  # full's fastest run here, 7.2 s a batch, would take 7200 s: not started, nothing written
+    why = "full seed 0 not started (--deadline): "
+    run(parse([*common, "--arms", "full", *soon]))
+    assert why + "its fastest earlier run here trained 7200 s" in capsys.readouterr().out
+    run(parse([*common, "--arms", "full", "--tag=-t", *soon]))  # timed on another device only: as the slowest here
+    never = "it was never timed here, and the slowest arm that was (full) trained 7200"
+    assert why.replace("full", "full-t") + never in capsys.readouterr().out
+    assert not list(results.glob("*seed0*"))
+    common[at] = "1"  # 7.2 s fits, for full and for the arm never timed here
+    for tag in ["", "-t"]:
+        run(parse([*common, "--arms", "full", f"--tag={tag}", *soon]))
+        assert (results / f"full{tag}-full-seed0-b1.json").is_file()
+    with pytest.raises(SystemExit, match="--deadline 600 is not a time"):  # a duration: nothing would ever start
+        run(parse([*common, "--arms", "full", "--results", str(results), "--deadline", "600"]))
+
+
+@pytest.mark.slow  # the grid's one-batch preparation at the study's size, then 3 processes
+def test_semi_grid_passes_its_deadline_to_every_run_and_refuses_a_malformed_one(tmp_path):
+    from conftest import write_camvid
+
+    root = write_camvid(tmp_path / "camvid", {"train": 23, "val": 1, "test": 1})
+    names = (REPO / "configs" / "splits" / "camvid_1-16_balanced.txt").read_text().split()
+    for folder in ["train", "trainannot"]:  # the labeled list's frame names, so the grid's arms build
+        for path, name in zip(sorted((root / folder).iterdir()), names, strict=True):
+            path.rename(path.with_stem(name))
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("SEG_GAN_SEMI_")}
+    env = clean | {"SEG_GAN_SEMI_ARMS": "supervised hung", "SEG_GAN_SEMI_SEEDS": "0", "SEG_GAN_SEMI_BATCHES": "1",
+                   "SEG_GAN_SEMI_WORK": str(tmp_path / "work"),
+                   "SEG_GAN_SEMI_RESULTS": str(tmp_path / "results")}  # fmt: skip
+    grid = ["bash", str(REPO / "seg_gan/bench/semi_grid.sh"), str(root), "1-16"]
+    bad = subprocess.run(grid, cwd=tmp_path, env=env | {"SEG_GAN_SEMI_DEADLINE": "in 10 min"}, capture_output=True,
+                         text=True)  # fmt: skip
+    assert bad.returncode == 2 and "SEG_GAN_SEMI_DEADLINE=in 10 min: expected whole seconds" in bad.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["camvid"]  # refused before any work
+    # a deadline already passed: no run starts, each says why, and the grid still ends with its table
+    (tmp_path / "work").mkdir()
+    write_encoder(tmp_path / "work")
+    past = str(int(time.time()) - 60)
+    done = subprocess.run(grid, cwd=tmp_path, env=env | {"SEG_GAN_SEMI_DEADLINE": past}, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    for run in ["supervised seed 0", "hung seed 0", "full seed 0"]:
+        assert f"{run} not started (--deadline): the deadline passed" in done.stdout
+    assert not (tmp_path / "results").exists() or list((tmp_path / "results").glob("*.json")) == []
 
 
 def test_semi_result_records_the_batches_a_skipped_step_added(tmp_path):

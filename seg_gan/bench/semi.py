@@ -9,13 +9,13 @@ positive control and a supervised baseline trained on the same few labels.
 Every (arm, labels, seed) run trains `--batches` batches of 8 labeled (+ 8 unlabeled) images, then
 evaluates its final weights once on val and once on test, and writes one JSON into `--results` (by
 default `seg_gan/bench/results/semi/`, committed, so the study accumulates across machines), named by
-arm, labels, seed and (other than the default 1000) batches; runs whose file exists are skipped.
-Choices are made on val; test numbers are for the final table only. Seeds are paired: a seed gives every
-arm the same initialisation and data order. G: Unet with an ImageNet EfficientNet-Lite0 encoder
-(installed offline by the `experiments` extra); everything else from configs/camvid_semi.yaml. CamVid
-is written once at `--size` (default 240x320: images antialiased, labels nearest) into
-`<work>/camvid-<H>x<W>`, and training and evaluation run on that copy. The labeled subsets are the
-class-balanced lists of configs/splits/ (`--make-splits` draws them).
+arm, labels, seed and (other than the default 1000) batches; runs whose file exists are skipped (and with
+`--deadline`, runs that this device's earlier files say cannot finish in time). Choices are made on val;
+test numbers are for the final table only. Seeds are paired: a seed gives every arm the same initialisation
+and data order. G: Unet with an ImageNet EfficientNet-Lite0 encoder (installed offline by the `experiments`
+extra); everything else from configs/camvid_semi.yaml. CamVid is written once at `--size` (default 240x320:
+images antialiased, labels nearest) into `<work>/camvid-<H>x<W>`, and training and evaluation run on that
+copy. The labeled subsets are the class-balanced lists of configs/splits/ (`--make-splits` draws them).
 """
 
 import argparse
@@ -34,7 +34,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from tqdm import tqdm
 
-from seg_gan.bench.semi_table import BATCHES, tables
+from seg_gan.bench.semi_table import BATCHES, load, tables
 from seg_gan.cli import build_cli
 from seg_gan.data.camvid import CAMVID_CLASSES
 from seg_gan.data.io import read_image, read_label
@@ -91,6 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", type=Path, default=Path("bench_results/semi"), help="scaled data, logs")
     parser.add_argument("--table-only", action="store_true", help="only print the tables from --results")
     parser.add_argument("--make-splits", type=Path, help="draw the class-balanced labeled lists into this folder")
+    parser.add_argument("--deadline", type=float, help="seconds since the epoch (date +%%s) at which the call ends: "
+                        "a run whose arm trained longer on this device before (--results) is not started")  # fmt: skip
 
 
 def encoder_weights(work: Path) -> Path:
@@ -214,11 +216,35 @@ def run_arm(options: argparse.Namespace, arm: str, seed: int, weights: Path, com
         "arm": arm + options.tag, "labels": options.labels, "seed": seed, "batches": options.batches,
         "trained_batches": trained, "skipped_steps": int(cli.model.guard.skipped_steps),
         "labeled_images": len(cli.datamodule.train_set), **scores, "diagnostics": logged,
-        "train_s": round(train_s, 1), "device": torch.cuda.get_device_name() if torch.cuda.is_available()
-        else platform.processor() or platform.machine(), "torch": torch.__version__, "lightning": pl.__version__,
+        "train_s": round(train_s, 1), "device": device_name(), "torch": torch.__version__, "lightning": pl.__version__,
         "commit": commit, "date": datetime.date.today().isoformat(),
         "args": portable(" ".join(args), options.work),
     }  # fmt: skip
+
+
+def device_name() -> str:
+    """The GPU's name, else the CPU's: what a result file's `device` records and `--deadline` matches."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
+
+
+def too_late(results: Path, arm: str, batches: int, deadline: float) -> str | None:
+    """Why a run of `arm` (with its tag) should not start before `deadline` (seconds since the epoch), or None:
+    a run cut at the deadline is lost and slows those that can finish. Its training time is the arm's fastest
+    earlier run on this device in `results`, scaled per batch to `batches` (never timed here: the slowest arm
+    that was; nothing timed here: it starts). Start, evaluation and another number side by side come on top."""
+    left = deadline - time.time()
+    if left <= 0:
+        return f"the deadline passed {-left:.0f} s ago"
+    timed: dict[str, list[float]] = {}
+    for r in load(results):
+        if r.get("device") == device_name() and r.get("trained_batches") and "train_s" in r:
+            timed.setdefault(r["arm"], []).append(r["train_s"] / r["trained_batches"] * batches)
+    if arm in timed and min(timed[arm]) > left:
+        return f"its fastest earlier run here trained {min(timed[arm]):.0f} s at this length; {left:.0f} s are left"
+    if arm not in timed and timed and (slowest := max((min(times), name) for name, times in timed.items()))[0] > left:
+        return (f"it was never timed here, and the slowest arm that was ({slowest[1]}) trained {slowest[0]:.0f} s "
+                f"at this length; {left:.0f} s are left")  # fmt: skip
+    return None
 
 
 def code_version() -> str | None:
@@ -287,21 +313,36 @@ def run(options: argparse.Namespace) -> None:
     if not options.table_only:
         if options.root is None:
             raise SystemExit("error: --root: give the CamVid folder (SegNet layout: train/, trainannot/, val/ ...).")
+        if options.deadline is not None and options.deadline < 1e9:  # a duration, not a time: nothing would start
+            raise SystemExit(f"error: --deadline {options.deadline:g} is not a time; expected seconds since the "
+                             "epoch, such as $(( $(date +%s) + 3600 )) for an hour from now.")  # fmt: skip
         labels = {arm: "full" if arm == "full" else options.labels for arm in options.arms}
         plan = [(seed, arm) for seed in options.seeds for arm in options.arms]  # seed-major: cut short, whole pairs
         paths = [options.results / f"{run_name(arm + options.tag, labels[arm], seed, options.batches)}.json"
                  for seed, arm in plan]  # fmt: skip
         done = [already_run(path, options.batches) for path in paths]  # every refusal before any work
-        options.work.mkdir(parents=True, exist_ok=True)
-        options.results.mkdir(parents=True, exist_ok=True)
-        weights, commit = encoder_weights(options.work), code_version()
-        options.data_root = scaled_copy(Path(options.root), options.work, options.size)
-        torch.set_float32_matmul_precision("high")
-        for arm in dict.fromkeys(arm for (_, arm), skip in zip(plan, done, strict=True) if not skip):
+
+        def late(seed: int, arm: str) -> bool:  # before the setup (none if nothing is to run) and each run
+            if options.deadline and (why := too_late(options.results, arm + options.tag, options.batches,
+                                                     options.deadline)):  # fmt: skip
+                print(f"{arm}{options.tag} seed {seed} not started (--deadline): {why}")
+                return True
+            return False
+
+        for path in (path for path, skip in zip(paths, done, strict=True) if skip):
+            print(f"{path} exists: skipped")
+        todo = [(seed, arm, path) for (seed, arm), path, skip in zip(plan, paths, done, strict=True)
+                if not skip and not late(seed, arm)]  # fmt: skip
+        if todo:
+            options.work.mkdir(parents=True, exist_ok=True)
+            options.results.mkdir(parents=True, exist_ok=True)
+            weights, commit = encoder_weights(options.work), code_version()
+            options.data_root = scaled_copy(Path(options.root), options.work, options.size)
+            torch.set_float32_matmul_precision("high")
+        for arm in dict.fromkeys(arm for _, arm, _ in todo):
             configure(options, arm, options.seeds[0], weights)  # refuse any arm's --extra before any training
-        for (seed, arm), path, skip in zip(plan, paths, done, strict=True):
-            if skip:
-                print(f"{path} exists: skipped")
+        for seed, arm, path in todo:
+            if late(seed, arm):
                 continue
             result = run_arm(options, arm, seed, weights, commit) | {"labels": labels[arm]}
             path.write_text(json.dumps(result, indent=2) + "\n")
