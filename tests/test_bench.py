@@ -254,36 +254,45 @@ def test_semi_run_whose_name_ran_before_reads_its_own_metrics(tmp_path):
         assert saved["batches"] == 1 and 0 <= saved["val_mIoU"] <= 1
 
 
-def test_semi_deadline_keeps_out_only_the_runs_this_device_timed_too_long(tmp_path, capsys):
+def test_semi_deadline_keeps_out_only_the_runs_this_device_timed_too_long(tmp_path, capsys, monkeypatch):
     # a call cut at its limit loses its unfinished runs: an arm that trained longer here than the time left
     # is not started, nor one never timed here where the slowest arm that was would not fit; a timing from
-    # another device counts as none
-    from seg_gan.bench.semi import device_name, run
+    # another device, or a file without one, counts as none
+    from seg_gan.bench import semi
 
     parse, common, tiny = semi_bench(tmp_path)
     results = tmp_path / "results"
     results.mkdir()
     earlier = {"labels": "full", "seed": 1, "batches": 1000, "trained_batches": 1000}
-    for arm, device, seconds in [("full", device_name(), 7200.0), ("full", device_name(), 9000.0),
-                                 ("full-t", "Another GPU", 1e9)]:  # fmt: skip
-        (results / f"{arm}-{seconds:.0f}.json").write_text(json.dumps(earlier | {
+    for arm, device, seconds in [("full", semi.device_name(), 7200.0), ("full", semi.device_name(), 9000.0),
+                                 ("full", semi.device_name(), None), ("full-t", "Another GPU", 1e9)]:  # fmt: skip
+        (results / f"{arm}-{seconds}.json").write_text(json.dumps(earlier | {
             "arm": arm, "device": device, "train_s": seconds}))  # fmt: skip
     soon = ["--results", str(results), "--deadline", str(time.time() + 3600), "--extra", *tiny]  # 3600 s left
     at = common.index("--batches") + 1
     common[at] = "1000"  # full's fastest run here, 7.2 s a batch, would take 7200 s: not started, nothing written
     why = "full seed 0 not started (--deadline): "
-    run(parse([*common, "--arms", "full", *soon]))
+    semi.run(parse([*common, "--arms", "full", *soon]))
     assert why + "its fastest earlier run here trained 7200 s" in capsys.readouterr().out
-    run(parse([*common, "--arms", "full", "--tag=-t", *soon]))  # timed on another device only: as the slowest here
+    semi.run(parse([*common, "--arms", "full", "--tag=-t", *soon]))  # timed on another device only: the slowest
     never = "it was never timed here, and the slowest arm that was (full) trained 7200"
     assert why.replace("full", "full-t") + never in capsys.readouterr().out
-    assert not list(results.glob("*seed0*"))
+    semi.run(parse([*common, "--arms", "full", *soon[:2], "--deadline", str(time.time() - 60)]))
+    assert why + "the deadline passed 60 s ago" in capsys.readouterr().out
+    assert not list(results.glob("*seed0*")) and not (tmp_path / "work" / "camvid-32x32").exists()  # no setup
     common[at] = "1"  # 7.2 s fits, for full and for the arm never timed here
     for tag in ["", "-t"]:
-        run(parse([*common, "--arms", "full", f"--tag={tag}", *soon]))
+        semi.run(parse([*common, "--arms", "full", f"--tag={tag}", *soon]))
         assert (results / f"full{tag}-full-seed0-b1.json").is_file()
-    with pytest.raises(SystemExit, match="--deadline 600 is not a time"):  # a duration: nothing would ever start
-        run(parse([*common, "--arms", "full", "--results", str(results), "--deadline", "600"]))
+    for bad in ["600", "1.7e12", "nan"]:  # a duration, milliseconds, nothing: no deadline that means anything
+        with pytest.raises(SystemExit, match="--deadline .* is not a time"):
+            semi.run(parse([*common, "--arms", "full", "--results", str(results), "--deadline", bad]))
+    # time passes during the setup: checked again right before the run starts
+    answers = iter([None, "the call ends"])
+    monkeypatch.setattr(semi, "too_late", lambda *args: next(answers))
+    semi.run(parse([*common, "--arms", "full", "--seeds", "2", *soon]))
+    assert "full seed 2 not started (--deadline): the call ends" in capsys.readouterr().out
+    assert not list(results.glob("*seed2*"))
 
 
 @pytest.mark.slow  # the grid's one-batch preparation at the study's size, then 3 processes
@@ -300,9 +309,10 @@ def test_semi_grid_passes_its_deadline_to_every_run_and_refuses_a_malformed_one(
                    "SEG_GAN_SEMI_WORK": str(tmp_path / "work"),
                    "SEG_GAN_SEMI_RESULTS": str(tmp_path / "results")}  # fmt: skip
     grid = ["bash", str(REPO / "seg_gan/bench/semi_grid.sh"), str(root), "1-16"]
-    bad = subprocess.run(grid, cwd=tmp_path, env=env | {"SEG_GAN_SEMI_DEADLINE": "in 10 min"}, capture_output=True,
-                         text=True)  # fmt: skip
-    assert bad.returncode == 2 and "SEG_GAN_SEMI_DEADLINE=in 10 min: expected whole seconds" in bad.stderr
+    for value in ["in 10 min", "600"]:  # a duration would let every run fail on its own
+        bad = subprocess.run(grid, cwd=tmp_path, env=env | {"SEG_GAN_SEMI_DEADLINE": value}, capture_output=True,
+                             text=True)  # fmt: skip
+        assert bad.returncode == 2 and f"SEG_GAN_SEMI_DEADLINE={value}: expected whole seconds" in bad.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["camvid"]  # refused before any work
     # a deadline already passed: no run starts, each says why, and the grid still ends with its table
     (tmp_path / "work").mkdir()

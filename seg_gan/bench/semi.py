@@ -6,16 +6,15 @@ positive control and a supervised baseline trained on the same few labels.
     python -m seg_gan.bench semi --table-only                 # the tables from the committed result files
     python -m seg_gan.bench semi --root /path/to/CamVid --make-splits configs/splits
 
-Every (arm, labels, seed) run trains `--batches` batches of 8 labeled (+ 8 unlabeled) images, then
-evaluates its final weights once on val and once on test, and writes one JSON into `--results` (by
-default `seg_gan/bench/results/semi/`, committed, so the study accumulates across machines), named by
-arm, labels, seed and (other than the default 1000) batches; runs whose file exists are skipped (and with
-`--deadline`, runs that this device's earlier files say cannot finish in time). Choices are made on val;
-test numbers are for the final table only. Seeds are paired: a seed gives every arm the same initialisation
-and data order. G: Unet with an ImageNet EfficientNet-Lite0 encoder (installed offline by the `experiments`
-extra); everything else from configs/camvid_semi.yaml. CamVid is written once at `--size` (default 240x320:
-images antialiased, labels nearest) into `<work>/camvid-<H>x<W>`, and training and evaluation run on that
-copy. The labeled subsets are the class-balanced lists of configs/splits/ (`--make-splits` draws them).
+Every (arm, labels, seed) run trains `--batches` batches of 8 labeled (+ 8 unlabeled) images, evaluates its final
+weights once on val and once on test, and writes one JSON into `--results` (default
+`seg_gan/bench/results/semi/`, committed: the study accumulates across machines), named by arm, labels, seed and
+(if not 1000) batches; runs whose file exists are skipped, and with `--deadline` those that this device's earlier
+files say cannot finish in time. Choices are made on val; test is for the final table only. Seeds are paired: a
+seed gives every arm the same initialisation and data order. G: Unet with an ImageNet EfficientNet-Lite0 encoder
+(offline, from the `experiments` extra); the rest from configs/camvid_semi.yaml. CamVid is written once at
+`--size` (default 240x320: images antialiased, labels nearest) into `<work>/camvid-<H>x<W>`, where training and
+evaluation run. The labeled subsets are the class-balanced lists of configs/splits/ (`--make-splits` draws them).
 """
 
 import argparse
@@ -92,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table-only", action="store_true", help="only print the tables from --results")
     parser.add_argument("--make-splits", type=Path, help="draw the class-balanced labeled lists into this folder")
     parser.add_argument("--deadline", type=float, help="seconds since the epoch (date +%%s) at which the call ends: "
-                        "a run whose arm trained longer on this device before (--results) is not started")  # fmt: skip
+                        "no run starts whose arm trained longer than the time left on this device before "
+                        "(--results; an arm never timed here counts as the slowest that was)")  # fmt: skip
 
 
 def encoder_weights(work: Path) -> Path:
@@ -228,16 +228,16 @@ def device_name() -> str:
 
 
 def too_late(results: Path, arm: str, batches: int, deadline: float) -> str | None:
-    """Why a run of `arm` (with its tag) should not start before `deadline` (seconds since the epoch), or None:
-    a run cut at the deadline is lost and slows those that can finish. Its training time is the arm's fastest
-    earlier run on this device in `results`, scaled per batch to `batches` (never timed here: the slowest arm
-    that was; nothing timed here: it starts). Start, evaluation and another number side by side come on top."""
-    left = deadline - time.time()
+    """Why a run of `arm` (with its tag) should not start now, the call ending at `deadline` (seconds since the
+    epoch), or None: a run cut then is lost and slows those that can finish. Its training time: the arm's
+    fastest earlier run on this device (by `device_name`; a CPU is often only `x86_64`) in `results` with
+    `train_s` and `trained_batches`, scaled per batch to `batches`; never timed here: the slowest arm that
+    was; nothing timed: it starts. Start, evaluation and another number of runs side by side come on top."""
+    left, device, timed = deadline - time.time(), device_name(), {}
     if left <= 0:
         return f"the deadline passed {-left:.0f} s ago"
-    timed: dict[str, list[float]] = {}
     for r in load(results):
-        if r.get("device") == device_name() and r.get("trained_batches") and "train_s" in r:
+        if r.get("device") == device and r.get("trained_batches") and r.get("train_s"):
             timed.setdefault(r["arm"], []).append(r["train_s"] / r["trained_batches"] * batches)
     if arm in timed and min(timed[arm]) > left:
         return f"its fastest earlier run here trained {min(timed[arm]):.0f} s at this length; {left:.0f} s are left"
@@ -313,8 +313,8 @@ def run(options: argparse.Namespace) -> None:
     if not options.table_only:
         if options.root is None:
             raise SystemExit("error: --root: give the CamVid folder (SegNet layout: train/, trainannot/, val/ ...).")
-        if options.deadline is not None and options.deadline < 1e9:  # a duration, not a time: nothing would start
-            raise SystemExit(f"error: --deadline {options.deadline:g} is not a time; expected seconds since the "
+        if options.deadline is not None and not 1e9 <= options.deadline < 1e10:  # a duration, ms, nan: refuse
+            raise SystemExit(f"error: --deadline {options.deadline:.0f} is not a time; expected seconds since the "
                              "epoch, such as $(( $(date +%s) + 3600 )) for an hour from now.")  # fmt: skip
         labels = {arm: "full" if arm == "full" else options.labels for arm in options.arms}
         plan = [(seed, arm) for seed in options.seeds for arm in options.arms]  # seed-major: cut short, whole pairs
@@ -323,19 +323,18 @@ def run(options: argparse.Namespace) -> None:
         done = [already_run(path, options.batches) for path in paths]  # every refusal before any work
 
         def late(seed: int, arm: str) -> bool:  # before the setup (none if nothing is to run) and each run
-            if options.deadline and (why := too_late(options.results, arm + options.tag, options.batches,
-                                                     options.deadline)):  # fmt: skip
+            why = options.deadline and too_late(options.results, arm + options.tag, options.batches, options.deadline)
+            if why:
                 print(f"{arm}{options.tag} seed {seed} not started (--deadline): {why}")
-                return True
-            return False
+            return bool(why)
 
         for path in (path for path, skip in zip(paths, done, strict=True) if skip):
             print(f"{path} exists: skipped")
         todo = [(seed, arm, path) for (seed, arm), path, skip in zip(plan, paths, done, strict=True)
                 if not skip and not late(seed, arm)]  # fmt: skip
         if todo:
-            options.work.mkdir(parents=True, exist_ok=True)
-            options.results.mkdir(parents=True, exist_ok=True)
+            for folder in (options.work, options.results):
+                folder.mkdir(parents=True, exist_ok=True)
             weights, commit = encoder_weights(options.work), code_version()
             options.data_root = scaled_copy(Path(options.root), options.work, options.size)
             torch.set_float32_matmul_precision("high")
@@ -345,6 +344,7 @@ def run(options: argparse.Namespace) -> None:
             if late(seed, arm):
                 continue
             result = run_arm(options, arm, seed, weights, commit) | {"labels": labels[arm]}
-            path.write_text(json.dumps(result, indent=2) + "\n")
+            (part := path.with_suffix(".part")).write_text(json.dumps(result, indent=2) + "\n")
+            part.replace(path)  # whole or absent: other runs read the folder meanwhile (--deadline, the table)
             print(f"{arm} seed {seed}: val mIoU {result['val_mIoU']:.4f}, {result['train_s'] / 60:.1f} min")
     print(tables(options.results))

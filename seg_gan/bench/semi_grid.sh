@@ -11,8 +11,8 @@
 # once trained 84-182 s each, so the grid at 2000 takes about 40 minutes of GPU time: five or more device calls.
 # A cutmix run (not timed on a GPU yet) is estimated at roughly 260-420 s of training at 6 at once (bench README
 # "What a run costs on a GPU"): a call cut at its limit may need 8 minutes or more to finish one.
-# SEG_GAN_SEMI_DEADLINE (seconds since the epoch, when the call or allocation ends): a run whose arm trained
-# longer on this device before (its result files) is not started (semi.py --deadline).
+# SEG_GAN_SEMI_DEADLINE (seconds since the epoch, when the call or allocation ends): no run starts whose arm
+# trained longer than the time left on this device before (its result files; semi.py --deadline).
 set -euo pipefail -f  # -f: arm names are never file patterns
 root=${1:?usage: semi_grid.sh /path/to/CamVid LABELS [PARALLEL]}
 labels=${2:?give the labeled subset: 1-32, 1-16 or 1-8}
@@ -22,8 +22,9 @@ results=${SEG_GAN_SEMI_RESULTS:-seg_gan/bench/results/semi} # the JSON files (co
 arms=$(echo ${SEG_GAN_SEMI_ARMS:-supervised cutmix confidence error hung-noise hung s4gan adversarial})  # 1 space apart
 seeds=${SEG_GAN_SEMI_SEEDS:-0 1 2 3 4}
 batches=${SEG_GAN_SEMI_BATCHES:-2000}
-case ${SEG_GAN_SEMI_DEADLINE:-0} in *[!0-9]*)
-  echo "error: SEG_GAN_SEMI_DEADLINE=$SEG_GAN_SEMI_DEADLINE: expected whole seconds since the epoch (date +%s)" >&2; exit 2 ;;
+case ${SEG_GAN_SEMI_DEADLINE:-} in ""|[1-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]) ;; *)  # not a duration
+  echo "error: SEG_GAN_SEMI_DEADLINE=$SEG_GAN_SEMI_DEADLINE: expected whole seconds since the epoch, such as" \
+    "\$(( \$(date +%s) + 3600 )) for an hour from now" >&2; exit 2 ;;
 esac
 deadline=${SEG_GAN_SEMI_DEADLINE:+--deadline $SEG_GAN_SEMI_DEADLINE}
 control=""  # the control's pairs, where both arms are in the grid
@@ -42,6 +43,6 @@ python -m seg_gan.bench semi --root "$root" --labels "$labels" --arms supervised
   --work "$work" --results "$work/prepare" > "$work/logs/prepare.log" 2>&1
 plan | xargs -P "$parallel" -L 1 bash -c 'python -m seg_gan.bench semi --root "'"$root"'" --labels "'"$labels"'" \
       --arms "$0" --seeds "$1" --batches "'"$batches"'" --work "'"$work"'" --results "'"$results"'" '"$deadline"' \
-      > "'"$work"'/logs/$0-$1.log" 2>&1 || echo "failed: $0 seed $1"'
-grep -rh --include="*.log" "not started (--deadline)" "$work/logs" || true  # the runs the deadline kept out
+      > "'"$work"'/logs/$0-$1.log" 2>&1 || echo "failed: $0 seed $1"
+    grep -h "not started (--deadline)" "'"$work"'/logs/$0-$1.log" || :'  # as each run the deadline kept out ends
 python -m seg_gan.bench semi --table-only --results "$results"
