@@ -314,7 +314,7 @@ def test_semi_grid_passes_its_deadline_to_every_run_and_refuses_a_malformed_one(
                              text=True)  # fmt: skip
         assert bad.returncode == 2 and f"SEG_GAN_SEMI_DEADLINE={value}: expected whole seconds" in bad.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["camvid"]  # refused before any work
-    # a deadline already passed: no run starts, each says why, and the grid still ends with its table
+    # a deadline already passed: no run starts, each says why, and the grid still exits 0
     (tmp_path / "work").mkdir()
     write_encoder(tmp_path / "work")
     past = str(int(time.time()) - 60)

@@ -3,18 +3,18 @@
     python -m seg_gan.bench ops --root /path/to/CamVid     # every arm: 30 batches at 32x32 crops, 3 at 192x256
 
 Every PyTorch operator call (aten op) that a training batch dispatches is counted with a `TorchDispatchMode`
-over `--window` batches after `--warmup` ones, on this machine's default device (a CPU, unless run where
-CUDA is), with self-training on from the first batch (the steady state of every arm) and the study's CSV
-logging. Ops that only make a view, allocate or read metadata (`VIEWS`) launch nothing; on a GPU each other
-op launches about one kernel (a fused optimizer step, one op, launches a few). Loading runs in the loader's
-worker processes and is not counted (with `--extra --data.num_workers 0` each batch's random crop and flip
-would be). Where the host checks the loss for a non-finite value every step (a CPU; on a GPU every 50
-batches) a few ops more are counted. FLOPs (torch's `FlopCounterMode`: convolutions and matrix products,
-not elementwise ops) are counted over batches 1 and 2 at `--flops-crop`, as they grow with the pixels; the
-op counts hardly do (cutmix: 3184 ops at 32x32 crops, 3185 at 64x64), so tiny crops give a GPU run's counts
-in minutes on a CPU. The study's runs are small
-(EfficientNet-Lite0 Unet, batches of 8 at 192x256); which of the two a GPU run's time follows is read
-against measured runs (bench README, "What a run costs on a GPU"). The wall time printed is this machine's.
+over `--window` batches after `--warmup` ones, on this machine's default device (a CPU, unless run where CUDA
+is), with self-training on from the first batch (the steady state of every arm) and the study's CSV logging.
+Ops that only make a view, allocate or read metadata (`VIEWS`) launch nothing; on a GPU each other op launches
+about one kernel (a fused optimizer step, one op, launches a few). Loading runs in the loader's worker
+processes and is not counted (with `--extra --data.num_workers 0` each batch's random crop and flip would be).
+Where the host checks the loss for a non-finite value every step (a CPU; on a GPU every 50 batches) a few ops
+more are counted. FLOPs (torch's `FlopCounterMode`: convolutions and matrix products, not elementwise ops) are
+counted over batches 1 and 2 at `--flops-crop`, as they grow with the pixels; the op counts hardly do (cutmix:
+3184 ops at 32x32 crops, 3185 at 64x64), so tiny crops give a GPU run's counts in minutes on a CPU. The study's
+runs are small (EfficientNet-Lite0 Unet, batches of 8 at 192x256); which of the two a GPU run's time follows is
+read against measured runs (bench README, "What a run costs on a GPU"). The wall time printed is this
+machine's.
 """
 
 import argparse
@@ -135,8 +135,7 @@ def run(options: argparse.Namespace) -> None:
     first = options.arms[0]
     lines = [f"Per training batch: ops over batches {options.warmup}-{options.warmup + options.window - 1} at crops "
              f"{options.crop[0]}x{options.crop[1]}, FLOPs over batches 1-2 at {options.flops_crop[0]}x"
-             f"{options.flops_crop[1]}; "
-             f"torch {torch.__version__}", "",
+             f"{options.flops_crop[1]}; torch {torch.__version__}", "",
              f"| arm | aten ops | of which launch work (not views) | launches / {first}'s | GFLOP | GFLOP / {first}'s "
              "| ms per batch (here, counting ops) |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
