@@ -299,6 +299,8 @@ def test_semi_deadline_keeps_out_only_the_runs_this_device_timed_too_long(tmp_pa
 def test_semi_grid_passes_its_deadline_to_every_run_and_refuses_a_malformed_one(tmp_path):
     from conftest import write_camvid
 
+    tmp_path = tmp_path / 'a "b" $HOME `c`'  # the runs get the paths as they are, whatever they hold
+    tmp_path.mkdir()
     root = write_camvid(tmp_path / "camvid", {"train": 23, "val": 1, "test": 1})
     names = (REPO / "configs" / "splits" / "camvid_1-16_balanced.txt").read_text().split()
     for folder in ["train", "trainannot"]:  # the labeled list's frame names, so the grid's arms build

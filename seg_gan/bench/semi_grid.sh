@@ -26,7 +26,6 @@ case ${SEG_GAN_SEMI_DEADLINE:-} in ""|[1-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0
   echo "error: SEG_GAN_SEMI_DEADLINE=$SEG_GAN_SEMI_DEADLINE: expected whole seconds since the epoch, such as" \
     "\$(( \$(date +%s) + 3600 )) for an hour from now" >&2; exit 2 ;;
 esac
-deadline=${SEG_GAN_SEMI_DEADLINE:+--deadline $SEG_GAN_SEMI_DEADLINE}
 control=""  # the control's pairs, where both arms are in the grid
 case " $arms " in *" supervised "*) case " $arms " in *" cutmix "*) control="supervised cutmix" ;; esac ;; esac
 plan() {
@@ -41,8 +40,11 @@ mkdir -p "$work/logs"
 # prepare once (scaled CamVid copy, converted encoder weights) before the runs start side by side
 python -m seg_gan.bench semi --root "$root" --labels "$labels" --arms supervised --seeds 0 --batches 1 \
   --work "$work" --results "$work/prepare" > "$work/logs/prepare.log" 2>&1
-plan | xargs -P "$parallel" -L 1 bash -c 'python -m seg_gan.bench semi --root "'"$root"'" --labels "'"$labels"'" \
-      --arms "$0" --seeds "$1" --batches "'"$batches"'" --work "'"$work"'" --results "'"$results"'" '"$deadline"' \
-      > "'"$work"'/logs/$0-$1.log" 2>&1 || echo "failed: $0 seed $1"
-    grep -h "not started (--deadline)" "'"$work"'/logs/$0-$1.log" || :'  # as each run the deadline kept out ends
+# each run reads the paths from its environment, never spliced into its script: any character in them is safe
+export root labels batches work results
+plan | xargs -P "$parallel" -L 1 bash -c 'python -m seg_gan.bench semi --root "$root" --labels "$labels" \
+      --arms "$0" --seeds "$1" --batches "$batches" --work "$work" --results "$results" \
+      ${SEG_GAN_SEMI_DEADLINE:+--deadline "$SEG_GAN_SEMI_DEADLINE"} > "$work/logs/$0-$1.log" 2>&1 \
+      || echo "failed: $0 seed $1"
+    grep -h "not started (--deadline)" "$work/logs/$0-$1.log" || :'  # as each run the deadline kept out ends
 python -m seg_gan.bench semi --table-only --results "$results"
