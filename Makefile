@@ -50,14 +50,14 @@ bench-gpu-session:  ## every GPU measurement of issue 18 in one call, within BUD
 
 bench-semi:  ## the CamVid 1/16 semi-supervised grid (semi_grid.sh): make bench-semi CAMVID=/path/to/CamVid
 	@test -n "$(CAMVID)" || (echo "error: give the CamVid folder: make bench-semi CAMVID=/path/to/CamVid" >&2; exit 2)
-	bash seg_gan/bench/semi_grid.sh $(CAMVID) 1-16
+	bash seg_gan/bench/semi_grid.sh "$(CAMVID)" 1-16
 
 bench-semi-table:  ## the semi-supervised study's tables, from the committed result files (no data needed)
 	$(PYTHON) -m seg_gan.bench semi --table-only
 
 bench-ops:  ## aten ops (about one GPU kernel each) and FLOPs per batch of each semi-study arm: make bench-ops CAMVID=...
 	@test -n "$(CAMVID)" || (echo "error: give the CamVid folder: make bench-ops CAMVID=/path/to/CamVid" >&2; exit 2)
-	$(PYTHON) -m seg_gan.bench ops --root $(CAMVID)
+	$(PYTHON) -m seg_gan.bench ops --root="$(CAMVID)"
 
 clean:  ## remove run outputs and caches in this folder
 	rm -rf runs lightning_logs wandb .pytest_cache .ruff_cache

@@ -322,6 +322,7 @@ def test_semi_grid_passes_its_deadline_to_every_run_and_refuses_a_malformed_one(
     past = str(int(time.time()) - 60)
     done = subprocess.run(grid, cwd=tmp_path, env=env | {"SEG_GAN_SEMI_DEADLINE": past}, capture_output=True,
                           text=True, check=True)  # fmt: skip
+    assert "failed:" not in done.stdout  # every run parsed its paths and deadline
     for run in ["supervised seed 0", "hung seed 0", "full seed 0"]:
         assert f"{run} not started (--deadline): the deadline passed" in done.stdout
     assert not (tmp_path / "results").exists() or list((tmp_path / "results").glob("*.json")) == []

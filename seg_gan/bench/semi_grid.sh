@@ -36,15 +36,16 @@ plan() {
   done
 }
 if [ "${SEG_GAN_SEMI_DRY_RUN:-0}" = 1 ]; then plan; exit 0; fi
-mkdir -p "$work/logs"
+mkdir -p -- "$work/logs"
 # prepare once (scaled CamVid copy, converted encoder weights) before the runs start side by side
-python -m seg_gan.bench semi --root "$root" --labels "$labels" --arms supervised --seeds 0 --batches 1 \
-  --work "$work" --results "$work/prepare" > "$work/logs/prepare.log" 2>&1
-# each run reads the paths from its environment, never spliced into its script: any character in them is safe
+python -m seg_gan.bench semi --root="$root" --labels="$labels" --arms supervised --seeds 0 --batches 1 \
+  --work="$work" --results="$work/prepare" > "$work/logs/prepare.log" 2>&1
+# each run reads the paths from its environment (never spliced into its script) and gets them as --option=value:
+# spaces, quotes, $, backticks, newlines or a leading dash reach Python as they are
 export root labels batches work results
-plan | xargs -P "$parallel" -L 1 bash -c 'python -m seg_gan.bench semi --root "$root" --labels "$labels" \
-      --arms "$0" --seeds "$1" --batches "$batches" --work "$work" --results "$results" \
+plan | xargs -P "$parallel" -L 1 bash -c 'python -m seg_gan.bench semi --root="$root" --labels="$labels" \
+      --arms "$0" --seeds "$1" --batches="$batches" --work="$work" --results="$results" \
       ${SEG_GAN_SEMI_DEADLINE:+--deadline "$SEG_GAN_SEMI_DEADLINE"} > "$work/logs/$0-$1.log" 2>&1 \
       || echo "failed: $0 seed $1"
-    grep -h "not started (--deadline)" "$work/logs/$0-$1.log" || :'  # as each run the deadline kept out ends
-python -m seg_gan.bench semi --table-only --results "$results"
+    grep -h -e "not started (--deadline)" -- "$work/logs/$0-$1.log" || :'  # as each run the deadline kept out ends
+python -m seg_gan.bench semi --table-only --results="$results"
