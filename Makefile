@@ -13,7 +13,7 @@ install:  ## install the project and the dev tools (editable)
 test:  ## run the test suite (the README's command: the slow tests deselected, 4.5-7 minutes on 2 cores)
 	$(PYTHON) -m pytest
 
-test-slow:  ## run only the tests marked slow (10-13 minutes on 2 cores)
+test-slow:  ## run only the tests marked slow (10-15 minutes on 2 cores)
 	$(PYTHON) -m pytest -m slow
 
 test-all:  ## run every test, slow ones included, in one pass (CI runs the same tests in two)

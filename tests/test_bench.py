@@ -197,6 +197,31 @@ def test_data_benchmark_sigterm_ends_the_call_with_the_passes_that_finished(tmp_
     assert "no measured worker count reaches 1000000.0 images/s" in table
 
 
+@pytest.mark.slow  # its header's CPU smoke run, from the repository root as documented: about 70 s
+def test_gpu_session_script_runs_each_step_on_a_cpu_under_a_quoted_tmpdir(tmp_path):
+    # the device call's script: a fault here is found only on a lent GPU, where minutes are scarce
+    temp = tmp_path / "t'mp"  # the frames' folder is made under TMPDIR and must reach Python as it is
+    temp.mkdir()
+    env = os.environ | {"TMPDIR": str(temp), "FRAMES": "2", "FRAME_SIZE": "128 256",
+                        "EXTRA_GPU_ARGS": "--device cpu --crop 64 64 --encoder resnet18 --steps 1 --warmup 1 --batch 1 "
+                        "--repeats 1 --workers 1 --loader-steps 2 --matmul-size 64 --conv-shape 1 8 16 16 --variants "
+                        "fp32 bf16+channels_last",
+                        "EXTRA_DATA_ARGS": "--crop 64 64 --images 8 --batch 2 --workers 1"}  # fmt: skip
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", "seg_gan/bench/gpu_session.sh", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "drawing the frames failed" not in done.stdout and "drew 2 frames of 128 256" in done.stdout
+    table = (out / "gpu" / "table.md").read_text()
+    for variant in ["fp32", "bf16+channels_last"]:
+        assert re.search(rf"^\| {re.escape(variant)} \| 1 \| \d+\.\d\d \|", table, re.M), table
+    data = (out / "data.txt").read_text()  # the data benchmark reads the drawn frames
+    assert "Data loading on 2 frames of 128x256" in data
+    assert re.search(r"^training loader, batch 2, 1 workers +\d+\.\d\d$", data, re.M), data
+    assert "passed" in (out / "fused_skip.txt").read_text()
+    assert not list(temp.glob("tmp.*"))  # the frames' folder (mktemp -d) is removed at the end
+
+
 def test_semi_benchmark_scales_camvid_once(camvid_root, tmp_path):
     from seg_gan.bench.semi import scaled_copy
 

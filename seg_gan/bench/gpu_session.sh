@@ -9,6 +9,7 @@
 # hangs. A variant that fails is listed under the table and the others go on. Every step writes its results into OUT
 # as it finishes:
 #   environment.txt      card, driver, CUDA, torch and Lightning versions, CPU count, date
+#   frames.log           the drawing of the Cityscapes-size frames (its error, if it failed)
 #   gpu/                 python -m seg_gan.bench gpu: limits.json (bf16 matmul and conv TFLOP/s, FLOPs per image),
 #                        runs/*.json (one per run, as it ends), table.md (rewritten after each run), sync_audit.txt
 #   gpu.log              its printed output
@@ -41,11 +42,14 @@ elapsed "environment recorded"; cat "$OUT/environment.txt"
 
 # 1. Cityscapes-size frames, drawn once, for the loader-fed variants and the data benchmark
 FRAMES_DIR=$(mktemp -d)/frames
-timeout -k 5 120 python -c "
+# the values reach Python through its environment, never spliced into its source (a TMPDIR holding ' stays a path)
+FRAMES_DIR=$FRAMES_DIR FRAME_SIZE=$FRAME_SIZE FRAMES=$FRAMES timeout -k 5 120 python -c "
+import os
 from pathlib import Path
 from seg_gan.data.synthetic import write_synthetic_cityscapes
-write_synthetic_cityscapes(Path('$FRAMES_DIR'), tuple(int(v) for v in '$FRAME_SIZE'.split()), {'train': $FRAMES, 'val': 1}, seed=0)
-" > /dev/null 2>&1
+size, count = tuple(int(v) for v in os.environ['FRAME_SIZE'].split()), int(os.environ['FRAMES'])
+write_synthetic_cityscapes(Path(os.environ['FRAMES_DIR']), size, {'train': count, 'val': 1}, seed=0)
+" > "$OUT/frames.log" 2>&1 || echo "drawing the frames failed: $OUT/frames.log"
 elapsed "drew $FRAMES frames of $FRAME_SIZE"
 
 # 2. the step: these variants (bf16 contiguous and cudnn.benchmark, measured before issue 18, are left out),
