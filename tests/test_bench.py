@@ -198,20 +198,21 @@ def test_data_benchmark_sigterm_ends_the_call_with_the_passes_that_finished(tmp_
 
 
 @pytest.mark.slow  # its header's CPU smoke run, from the repository root as documented: about 70 s
-def test_gpu_session_script_runs_each_step_on_a_cpu_under_a_quoted_tmpdir(tmp_path):
+def test_gpu_session_script_runs_each_step_on_a_cpu_under_a_quoted_tmpdir(tmp_path, tmp_path_factory):
     # the device call's script: a fault here is found only on a lent GPU, where minutes are scarce
-    temp = tmp_path / "t'mp"  # the frames' folder is made under TMPDIR and must reach Python as it is
-    temp.mkdir()
-    env = os.environ | {"TMPDIR": str(temp), "FRAMES": "2", "FRAME_SIZE": "128 256",
+    temp = tmp_path_factory.mktemp("'")  # the frames' folder is made under TMPDIR and must reach Python as it is;
+    # a short path, as loader workers put sockets there (at most 107 characters)
+    env = os.environ | {"TMPDIR": str(temp), "BUDGET": "360", "FRAMES": "2", "FRAME_SIZE": "128 256",
                         "EXTRA_GPU_ARGS": "--device cpu --crop 64 64 --encoder resnet18 --steps 1 --warmup 1 --batch 1 "
                         "--repeats 1 --workers 1 --loader-steps 2 --matmul-size 64 --conv-shape 1 8 16 16 --variants "
                         "fp32 bf16+channels_last",
                         "EXTRA_DATA_ARGS": "--crop 64 64 --images 8 --batch 2 --workers 1"}  # fmt: skip
     out = tmp_path / "out"
+    # BUDGET 360: the script ends by about 365 s whatever hangs (its own timeouts), inside this test's 420
     done = subprocess.run(["bash", "seg_gan/bench/gpu_session.sh", str(out)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=400)  # fmt: skip
+                          capture_output=True, text=True, timeout=420)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "drawing the frames failed" not in done.stdout and "drew 2 frames of 128 256" in done.stdout
+    assert "drew 2 frames of 128 256" in done.stdout, done.stdout
     table = (out / "gpu" / "table.md").read_text()
     for variant in ["fp32", "bf16+channels_last"]:
         assert re.search(rf"^\| {re.escape(variant)} \| 1 \| \d+\.\d\d \|", table, re.M), table

@@ -41,16 +41,19 @@ left() { local s=$(( BUDGET - ($(date +%s) - started) - $1 )); echo $(( s > 0 ? 
 elapsed "environment recorded"; cat "$OUT/environment.txt"
 
 # 1. Cityscapes-size frames, drawn once, for the loader-fed variants and the data benchmark
-FRAMES_DIR=$(mktemp -d)/frames
+FRAMES_DIR=$(mktemp -d)/frames || { echo "mktemp -d failed: no folder for the frames"; exit 1; }
 # the values reach Python through its environment, never spliced into its source (a TMPDIR holding ' stays a path)
-FRAMES_DIR=$FRAMES_DIR FRAME_SIZE=$FRAME_SIZE FRAMES=$FRAMES timeout -k 5 120 python -c "
+if FRAMES_DIR=$FRAMES_DIR FRAME_SIZE=$FRAME_SIZE FRAMES=$FRAMES timeout -k 5 120 python -c "
 import os
 from pathlib import Path
 from seg_gan.data.synthetic import write_synthetic_cityscapes
 size, count = tuple(int(v) for v in os.environ['FRAME_SIZE'].split()), int(os.environ['FRAMES'])
 write_synthetic_cityscapes(Path(os.environ['FRAMES_DIR']), size, {'train': count, 'val': 1}, seed=0)
-" > "$OUT/frames.log" 2>&1 || echo "drawing the frames failed: $OUT/frames.log"
-elapsed "drew $FRAMES frames of $FRAME_SIZE"
+" > "$OUT/frames.log" 2>&1; then
+  elapsed "drew $FRAMES frames of $FRAME_SIZE"
+else
+  elapsed "drawing the frames failed (status $?; 124: its 120 s ran out): $OUT/frames.log"
+fi
 
 # 2. the step: these variants (bf16 contiguous and cudnn.benchmark, measured before issue 18, are left out),
 # the sync audit, then $REPEATS runs each, taking turns; limits, FLOPs, MFU; compile on/off/as before; loader-fed
